@@ -1,0 +1,76 @@
+"""The residual adapter `f(x) = normalize(x + W2 relu(W1 x))` and its training step."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class ResidualAdapter(nn.Module):
+    """Residual MLP on top of frozen embeddings. With `init_scale=0` W2 starts at zero, so the
+    untrained adapter is exactly the identity on unit vectors."""
+
+    def __init__(self, dim: int, hidden_dim: int = 256, seed: int = 0, init_scale: float = 0.0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.dim = dim
+        self.down = nn.Linear(dim, hidden_dim)
+        self.up = nn.Linear(hidden_dim, dim)
+        with torch.no_grad():
+            bound = 1.0 / np.sqrt(dim)
+            self.down.weight.uniform_(-bound, bound, generator=generator)
+            self.down.bias.zero_()
+            self.up.weight.normal_(0.0, init_scale, generator=generator) if init_scale > 0 \
+                else self.up.weight.zero_()
+            self.up.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x + self.up(F.relu(self.down(x))), dim=-1)
+
+    @torch.no_grad()
+    def apply(self, raw: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        """Adapted unit vectors for raw embeddings (numpy in, numpy out)."""
+        if len(raw) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))).numpy()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.state_dict())
+
+
+def fit_adapter(
+    adapter: ResidualAdapter,
+    raw: np.ndarray,
+    targets: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> float:
+    """Fit `adapter(raw) ~ targets` by MSE with Adam; returns the last epoch's mean loss
+    (NaN when there was nothing to fit)."""
+    if len(raw) == 0 or epochs == 0:
+        return float("nan")
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+    optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    adapter.train()
+    epoch_loss = float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.mse_loss(adapter(x[idx]), y[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        epoch_loss = total / len(x)
+    adapter.eval()
+    return epoch_loss

@@ -1,0 +1,176 @@
+"""One schema for a run's settings. Plain dataclasses: the library takes them as they are, and the
+Hydra entry points use the same classes as structured configs, so a bad value fails when the config
+is composed (types) or turned into these objects (ranges), with a message naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+MODES = ("frozen", "baseline", "offline", "hybrid")
+TRIGGERS = ("adaptive", "always", "never")
+PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+PROTOCOLS = ("split", "kfold")
+
+
+class SettingsError(ValueError):
+    """A setting with a value outside its allowed range; the message names the key."""
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise SettingsError(f"{key}={value!r} is invalid: expected {allowed}")
+
+
+@dataclass
+class EncoderSettings:
+    """A sentence-embedding model named by hub id or local path."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    batch_size: int = 64
+    max_seq_length: int | None = None
+
+    def validate(self, prefix: str = "student") -> None:
+        _require(bool(self.model), f"{prefix}.model", self.model, "a model id or path")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class TeacherSettings:
+    """The teacher of offline and hybrid modes and how it is mapped into the student's frame."""
+
+    name: str = "minilm"
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    batch_size: int = 32
+    projection: str = "procrustes"
+
+    def validate(self, prefix: str = "teacher") -> None:
+        _require(self.projection in PROJECTION_KINDS, f"{prefix}.projection", self.projection,
+                 f"one of {list(PROJECTION_KINDS)}")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class WeightSchedule:
+    """Teacher weight per cycle: `constant` uses `value`; `linear`/`cosine` anneal start -> end."""
+
+    schedule: str = "constant"
+    value: float = 0.5
+    start: float = 1.0
+    end: float = 0.0
+
+    def validate(self, prefix: str = "weight") -> None:
+        _require(self.schedule in SCHEDULE_KINDS, f"{prefix}.schedule", self.schedule,
+                 f"one of {list(SCHEDULE_KINDS)}")
+        for name in ("value", "start", "end"):
+            v = getattr(self, name)
+            _require(0.0 <= v <= 1.0, f"{prefix}.{name}", v, "a teacher weight in [0, 1]")
+
+    def endpoints(self) -> tuple[float, float]:
+        if self.schedule == "constant":
+            return self.value, self.value
+        return self.start, self.end
+
+
+@dataclass
+class AdapterSettings:
+    """Residual MLP `f(x) = normalize(x + W2 relu(W1 x))`; W2 starts at zero (exact identity)."""
+
+    hidden_dim: int = 256
+    init_scale: float = 0.0
+
+    def validate(self, prefix: str = "adapter") -> None:
+        _require(self.hidden_dim >= 1, f"{prefix}.hidden_dim", self.hidden_dim, ">= 1")
+        _require(self.init_scale >= 0, f"{prefix}.init_scale", self.init_scale, ">= 0")
+
+
+@dataclass
+class ChelationSettings:
+    """Query-time chelation: scout neighbourhood, entropy trigger, centred rerank."""
+
+    scout_k: int = 10
+    trigger: str = "adaptive"
+    threshold_quantile: float = 0.5
+
+    def validate(self, prefix: str = "chelation") -> None:
+        _require(self.scout_k >= 2, f"{prefix}.scout_k", self.scout_k, ">= 2")
+        _require(self.trigger in TRIGGERS, f"{prefix}.trigger", self.trigger,
+                 f"one of {list(TRIGGERS)}")
+        _require(0.0 <= self.threshold_quantile <= 1.0, f"{prefix}.threshold_quantile",
+                 self.threshold_quantile, "a value in [0, 1]")
+
+
+@dataclass
+class TrainingSettings:
+    """Sedimentation: which documents get targets, and how the adapter is fitted to them."""
+
+    mode: str = "baseline"
+    push: float = 0.1
+    collapse_threshold: int = 1
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    distill_epochs: int = 10
+    distill_queries: bool = True
+    guard_tolerance: float = 0.005
+
+    def validate(self, prefix: str = "training") -> None:
+        _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")
+        _require(self.push >= 0, f"{prefix}.push", self.push, ">= 0")
+        _require(self.collapse_threshold >= 1, f"{prefix}.collapse_threshold",
+                 self.collapse_threshold, ">= 1")
+        _require(self.epochs >= 0, f"{prefix}.epochs", self.epochs, ">= 0")
+        _require(self.distill_epochs >= 0, f"{prefix}.distill_epochs", self.distill_epochs, ">= 0")
+        _require(self.lr > 0, f"{prefix}.lr", self.lr, "> 0")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.guard_tolerance >= 0, f"{prefix}.guard_tolerance", self.guard_tolerance,
+                 ">= 0 (use a large value to disable the guard)")
+
+
+@dataclass
+class EngineSettings:
+    """Qdrant: embedded local mode (`:memory:` or a folder) unless `url` names a server."""
+
+    location: str = ":memory:"
+    url: str | None = None
+    collection: str = "chelation"
+
+
+@dataclass
+class RunSettings:
+    """Everything one job needs besides the data: the library's whole configuration."""
+
+    seed: int = 0
+    cycles: int = 3
+    queries_per_cycle: int = 50
+    protocol: str = "split"
+    test_fraction: float = 0.5
+    folds: int = 5
+    validation_fraction: float = 0.2
+    cache_dir: str = "~/.cache/chelation/embeddings"
+    student: EncoderSettings = field(default_factory=EncoderSettings)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    weight: WeightSchedule = field(default_factory=WeightSchedule)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    chelation: ChelationSettings = field(default_factory=ChelationSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    def validate(self) -> RunSettings:
+        _require(self.cycles >= 0, "cycles", self.cycles, ">= 0")
+        _require(self.queries_per_cycle >= 1, "queries_per_cycle", self.queries_per_cycle, ">= 1")
+        _require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {list(PROTOCOLS)}")
+        _require(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction,
+                 "a fraction in (0, 1)")
+        _require(self.folds >= 2, "folds", self.folds, ">= 2")
+        _require(0.0 <= self.validation_fraction < 1.0, "validation_fraction",
+                 self.validation_fraction, "a fraction in [0, 1)")
+        for f in fields(self):
+            part = getattr(self, f.name)
+            if hasattr(part, "validate"):
+                part.validate(f.name)
+        return self
+
+    def __post_init__(self) -> None:
+        # OmegaConf.to_object builds nested dataclasses first, so validating here covers them all.
+        self.validate()
