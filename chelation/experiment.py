@@ -67,6 +67,7 @@ class JobResult:
     n_encoded: int = 0
     n_cached: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    adapter_states: list[dict] = field(default_factory=list)
 
     @property
     def fallback(self) -> str:
@@ -149,6 +150,7 @@ def run_job(
             bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
             _record(result, on_cycle, record)
     finally:
+        result.adapter_states = [r.adapter.state_dict() for r in retrievers]
         for r in retrievers:
             r.close()
         if teacher is not None:

@@ -1,0 +1,213 @@
+"""A tracked job: load the data, run the protocol, log every cycle to MLflow as it completes and
+write the same results next to the job, so nothing is lost if the tracking store is unreachable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from chelation import tracking
+from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
+from chelation.experiment import CycleRecord, JobResult, run_job
+from chelation.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what a job computes: excluded from its identity.
+_NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress")
+# Keys that only matter to some modes: a frozen run is the same whatever teacher weight is set.
+_MODE_IRRELEVANT = {
+    "frozen": ("teacher.", "weight.", "training.", "chelation.", "adapter."),
+    "baseline": ("teacher.", "weight."),
+    "offline": ("weight.",),
+    "hybrid": (),
+}
+
+
+@dataclass
+class TrackingTarget:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "chelation"
+    resume: bool = True
+    enabled: bool = True
+
+
+def load_dataset(kind: str, name: str, path: str | None = None, split: str = "test",
+                 task: str | None = None, seed: int = 0) -> RetrievalDataset:
+    if kind == "synthetic":
+        return make_synthetic(seed)
+    if kind == "beir":
+        if not path:
+            raise ValueError(f"dataset.path must name a BEIR folder for dataset {name!r}")
+        return load_beir(path, split, name=name)
+    if kind == "mteb":
+        return load_mteb(task or name, split)
+    raise ValueError(f"dataset.kind={kind!r} is not one of ['synthetic', 'beir', 'mteb']")
+
+
+def identity(config: Mapping[str, Any]) -> tuple[str, str]:
+    """(config_hash, group_hash): the job's identity, and the same without the seed."""
+    mode = config["training"]["mode"]
+    exclude = _NOT_IDENTITY + _MODE_IRRELEVANT.get(mode, ())
+    if mode == "frozen":
+        # only the student, data and evaluation protocol decide a frozen run's figures
+        exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
+    full = tracking.config_hash(config, exclude)
+    group = tracking.config_hash(config, exclude + ("seed",))
+    return full, group
+
+
+def config_label(settings: RunSettings) -> str:
+    mode = settings.training.mode
+    student = settings.student.model.rstrip("/").split("/")[-1]
+    parts = [mode]
+    if mode == "frozen":
+        parts.append(student)
+    if mode in ("offline", "hybrid"):
+        parts.append(settings.teacher.name)
+    if mode == "hybrid":
+        w = settings.weight
+        parts.append(f"constant:{w.value:g}" if w.schedule == "constant"
+                     else f"{w.schedule}:{w.start:g}->{w.end:g}")
+    if mode in ("offline", "hybrid"):
+        parts.append(settings.teacher.projection)
+    return "/".join(parts)
+
+
+def run_tracked_job(
+    dataset_spec: Mapping[str, Any],
+    settings: RunSettings,
+    config: Mapping[str, Any],
+    target: TrackingTarget,
+    output_dir: str | Path,
+    parent_run_id: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run one job with tracking; returns its summary (also written to output_dir/results.json).
+    With resume on, a configuration that already has a finished run is skipped."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = yaml.safe_dump(dict(config), sort_keys=False)
+    (output_dir / "config.yaml").write_text(config_yaml)
+    full_hash, group_hash = identity(config)
+    label = config_label(settings)
+
+    run: tracking.JobRun | None = None
+    if target.enabled:
+        try:
+            experiment_id = tracking.prepare_store(target.uri, target.experiment)
+            client = tracking.MlflowClient(tracking.with_busy_timeout(target.uri))
+            done = tracking.find_finished_run(client, experiment_id, full_hash) \
+                if target.resume else None
+            if done is not None:
+                log.info("skipping %s seed %d: finished run %s has config hash %s", label,
+                         settings.seed, done.info.run_id, full_hash)
+                return {"skipped": True, "run_id": done.info.run_id, "config_hash": full_hash,
+                        "ndcg_at_10": done.data.metrics.get("ndcg_at_10")}
+            run = tracking.JobRun(
+                target.uri, experiment_id, f"{label}/seed{settings.seed}",
+                tracking.flatten(config),
+                _tags(settings, dataset_spec, full_hash, group_hash, label),
+                parent_run_id,
+            )
+            if not tracking.claim(client, experiment_id, full_hash, run.run_id, parent_run_id):
+                log.info("skipping %s seed %d: a sibling job of this sweep runs config %s",
+                         label, settings.seed, full_hash)
+                return {"skipped": True, "run_id": None, "config_hash": full_hash}
+        except Exception as err:  # noqa: BLE001 - the job goes on, results stay on disk
+            log.error("MLflow store %s unreachable (%s); results go to %s only",
+                      target.uri, err, output_dir)
+            run = None
+
+    dataset = load_dataset(**dataset_spec)
+    per_query_rows: list[tuple[int, str, float]] = []
+    summary: dict[str, Any] = {"config_hash": full_hash, "group_hash": group_hash,
+                               "config_label": label, "cycles": []}
+
+    def on_cycle(record: CycleRecord) -> None:
+        per_query_rows.extend((record.cycle, q, s) for q, s in sorted(record.per_query.items()))
+        summary["cycles"].append({"cycle": record.cycle, "fallback": record.fallback,
+                                  **_finite(record.metrics())})
+        _write_json(output_dir / "results.json", summary)
+        tracking.write_per_query_table(output_dir / "per_query_ndcg.csv", per_query_rows)
+        if run is not None:
+            _safe(run.log_metrics, record.metrics(), record.cycle)
+
+    try:
+        result = run_job(dataset, settings, on_cycle=on_cycle, show_progress=show_progress)
+    except BaseException:
+        if run is not None:
+            _safe(run.finish, "FAILED")
+        raise
+    summary.update(_job_figures(result))
+    summary["run_id"] = run.run_id if run else None
+    _write_json(output_dir / "results.json", summary)
+    adapters = output_dir / "adapters"
+    adapters.mkdir(exist_ok=True)
+    for i, state in enumerate(result.adapter_states):
+        torch.save(state, adapters / f"fold_{i}.pt")
+    if run is not None:
+        _safe(run.log_metrics, _job_figures(result, numeric_only=True), 0)
+        _safe(run.set_tags, {"fallback": result.fallback})
+        for name in ("config.yaml", "per_query_ndcg.csv", "results.json"):
+            _safe(run.log_artifact, output_dir / name)
+        _safe(run.log_artifact, adapters)
+        _safe(run.finish, "FINISHED")
+    return summary
+
+
+def _tags(settings: RunSettings, spec: Mapping[str, Any], full_hash: str, group_hash: str,
+          label: str) -> dict[str, str]:
+    return {
+        "mode": settings.training.mode,
+        "teacher": settings.teacher.name,
+        "student": settings.student.model,
+        "dataset": str(spec.get("name")),
+        "seed": str(settings.seed),
+        "schedule": settings.weight.schedule,
+        "projection": settings.teacher.projection,
+        "protocol": settings.protocol,
+        "config_hash": full_hash,
+        "group_hash": group_hash,
+        "config_label": label,
+        "fallback": "pending",
+        "git_commit": tracking.git_commit(Path(__file__).parent),
+    }
+
+
+def _job_figures(result: JobResult, numeric_only: bool = False) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "total_time_s": result.total_time_s, "encode_time_s": result.encode_time_s,
+        "setup_time_s": result.setup_time_s, "distill_time_s": result.distill_time_s,
+        "n_encoded": result.n_encoded, "n_cached": result.n_cached,
+        "final_ndcg_at_10": result.cycles[-1].ndcg_at_10 if result.cycles else float("nan"),
+    }
+    if not numeric_only:
+        figures["fallback"] = result.fallback
+    return figures
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _safe(fn, *args) -> None:
+    """Tracking calls never take a finished computation down with them."""
+    try:
+        fn(*args)
+    except Exception as err:  # noqa: BLE001
+        log.error("MLflow call %s failed: %s", getattr(fn, "__name__", fn), err)

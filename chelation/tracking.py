@@ -1,0 +1,207 @@
+"""MLflow tracking for jobs and sweeps, through MLflow's own client API (no global active run).
+
+A run's identity is the hash of its resolved configuration (`config_hash` tag), which is what
+resume looks for; `group_hash` is the same hash without the seed, so the analysis can pair seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "chelation.role"
+_BATCH = 100
+
+
+def with_busy_timeout(uri: str, seconds: int = 60) -> str:
+    """SQLite URIs get a busy timeout, so parallel jobs wait for the lock instead of failing
+    with 'database is locked'."""
+    if uri.startswith("sqlite:") and "timeout=" not in uri:
+        return f"{uri}{'&' if '?' in uri else '?'}timeout={seconds}"
+    return uri
+
+
+def prepare_store(uri: str, experiment: str) -> str:
+    """Create the store (schema migrations included) and the experiment once, before any parallel
+    job touches them; returns the experiment id. Safe to call again."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().parent.mkdir(
+            parents=True, exist_ok=True)
+    client = MlflowClient(with_busy_timeout(uri))
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_hash(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> str:
+    """Stable hash of a (nested) config, ignoring keys whose dotted name starts with `exclude`."""
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith(exclude)}
+    blob = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def git_commit(folder: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                             text=True, check=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=folder, capture_output=True, text=True, timeout=10).stdout
+        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
+    """The finished run with this config hash, if any (what resume skips)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{hash_}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def start_parent_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
+    client = MlflowClient(with_busy_timeout(uri))
+    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "sweep", **tags})
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(with_busy_timeout(uri)).set_terminated(run_id, status)
+
+
+class JobRun:
+    """One job's MLflow run: params and tags at start, metrics per cycle, artifacts at the end.
+    Marked FAILED if the job raises, so resume runs it again."""
+
+    def __init__(self, uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
+                 tags: Mapping[str, str], parent_run_id: str | None = None):
+        self.client = MlflowClient(with_busy_timeout(uri))
+        all_tags = {ROLE_TAG: "job", **tags}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=name,
+                                             tags=all_tags).info.run_id
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Finite values only (NaN means 'not applicable this cycle')."""
+        ts = _now_ms()
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + _BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, RunStatus.to_string(
+            RunStatus.from_string(status)))
+
+
+def write_per_query_table(path: str | Path, rows: list[tuple[int, str, float]]) -> Path:
+    """CSV of (cycle, query_id, ndcg_at_10): what the analysis pairs configurations on."""
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["cycle", "query_id", "ndcg_at_10"])
+        writer.writerows(rows)
+    return path
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text[:6000]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+
+def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
+          parent_run_id: str | None) -> bool:
+    """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
+    config has finished meanwhile, nor if a sibling in the same sweep started earlier (parallel
+    jobs of one sweep can share a config hash when a mode ignores the swept key). A run that
+    loses deletes itself."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{hash_}' and attributes.status != 'KILLED'",
+    )
+    rivals = []
+    for run in runs:
+        if run.info.run_id == run_id:
+            continue
+        if run.info.status == "FINISHED":
+            rivals.append((0, "", run.info.run_id))
+        elif run.info.status == "RUNNING" and parent_run_id \
+                and run.data.tags.get(PARENT_TAG) == parent_run_id:
+            rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
+    mine = client.get_run(run_id).info
+    if any(r[:2] < (mine.start_time, run_id) for r in rivals):
+        client.delete_run(run_id)
+        return False
+    return True
+
+
+def retire_orphaned_runs(client: MlflowClient, experiment_id: str) -> int:
+    """Job runs still RUNNING under a sweep that is no longer running were left by a killed job:
+    mark them KILLED (called once per sweep, before its jobs start)."""
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'job' and attributes.status = 'RUNNING'",
+    )
+    retired = 0
+    for run in stale:
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent and client.get_run(parent).info.status != "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+            retired += 1
+    return retired

@@ -1,0 +1,48 @@
+"""Hydra callback that brackets a multirun with one MLflow parent run.
+
+It runs once, in the launching process, before any job starts: it creates the store and the
+experiment there (so parallel jobs never race on SQLite schema migration or experiment creation),
+and leaves the parent's run id in the sweep folder for the jobs to nest under."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from chelation import tracking
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+class MlflowSweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.get("enabled", True):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri, name = config.tracking.uri, config.tracking.experiment
+        experiment_id = tracking.prepare_store(uri, name)
+        client = tracking.MlflowClient(tracking.with_busy_timeout(uri))
+        if retired := tracking.retire_orphaned_runs(client, experiment_id):
+            log.info("marked %d runs of killed sweeps as KILLED", retired)
+        overrides = " ".join(config.hydra.overrides.task)
+        run_id = tracking.start_parent_run(uri, experiment_id, f"sweep {sweep_dir.name}",
+                                           {"sweep_dir": str(sweep_dir), "overrides": overrides})
+        (sweep_dir / PARENT_FILE).write_text(run_id)
+        log.info("MLflow parent run %s in experiment %r (%s)", run_id, name, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(config.hydra.sweep.dir) / PARENT_FILE
+        if path.exists():
+            tracking.end_run(config.tracking.uri, path.read_text().strip())
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.exists() else None

@@ -1,0 +1,48 @@
+"""Train and evaluate one configuration (or a sweep with -m), logging every cycle to MLflow.
+
+    python -m experiments.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
+    python -m experiments.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from chelation.runner import TrackingTarget, run_tracked_job
+from experiments.callbacks import parent_run_id
+from experiments.schema import ExperimentConfig, register
+
+log = logging.getLogger(__name__)
+register()
+
+
+def settings_from(cfg: DictConfig) -> ExperimentConfig:
+    """Typed, range-checked settings; a bad value raises naming its key."""
+    return OmegaConf.to_object(cfg)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    settings = settings_from(cfg)
+    hydra_cfg = HydraConfig.get()
+    parent = parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = run_tracked_job(
+        dataset_spec=config["dataset"],
+        settings=settings,
+        config=config,
+        target=TrackingTarget(**config["tracking"]),
+        output_dir=hydra_cfg.runtime.output_dir,
+        parent_run_id=parent,
+        show_progress=settings.show_progress,
+    )
+    return summary.get("final_ndcg_at_10", summary.get("ndcg_at_10"))
+
+
+if __name__ == "__main__":
+    main()
