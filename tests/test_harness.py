@@ -1,0 +1,184 @@
+"""The Hydra + MLflow harness run for real: configs composed as a user types them, multirun
+sweeps as subprocesses into a temporary SQLite store, read back with MLflow's own API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from mlflow.tracking import MlflowClient
+
+from chelation.settings import SettingsError
+from experiments.schema import register
+from experiments.train import settings_from
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def compose_with(*overrides: str):
+    register()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_composes_into_valid_settings() -> None:
+    settings = settings_from(compose_with())
+    assert settings.training.mode == "baseline"
+    assert settings.dataset.kind == "synthetic"
+    assert settings.teacher.name == "minilm"
+
+
+@pytest.mark.parametrize("overrides", [["mode=hybrid", "teacher=mpnet", "weight=linear"],
+                                       ["+experiment=teacher_weight_sweep"],
+                                       ["mode=offline", "teacher.projection=truncate"],
+                                       ["protocol=kfold", "folds=3", "weight=cosine"]])
+def test_menu_choices_compose(overrides: list[str]) -> None:
+    settings = settings_from(compose_with(*overrides))
+    settings.validate()
+
+
+def test_unknown_mode_names_the_group_and_value() -> None:
+    with pytest.raises(MissingConfigException) as err:
+        compose_with("mode=nope")
+    assert "mode/nope" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("weight.value=1.5", "weight.value"), ("training.epochs=-1", "training.epochs"),
+     ("weight.end=-0.2", "weight.end"), ("chelation.trigger=sometimes", "chelation.trigger"),
+     ("teacher.projection=pad", "teacher.projection")],
+)
+def test_out_of_range_values_fail_naming_the_key(override: str, key: str) -> None:
+    cfg = compose_with(override)
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        settings_from(cfg)
+
+
+def test_typo_in_a_key_fails_when_composing() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_with("training.epoch=3")
+    assert "epoch" in str(err.value)
+
+
+def test_wrong_type_fails_when_composing() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_with("cycles=many")
+    assert "cycles" in str(err.value)
+
+
+def _train(tmp: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "experiments.train", *overrides,
+           f"tracking.uri=sqlite:///{tmp}/mlflow.db", "show_progress=false"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _job_runs(client: MlflowClient, experiment: str, status: str = "FINISHED"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"attributes.status = '{status}'")
+    return [r for r in runs if r.data.tags.get("chelation.role") == "job"], \
+        [r for r in runs if r.data.tags.get("chelation.role") == "sweep"]
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory: pytest.TempPathFactory, request) -> Path:
+    """A real multirun: 2 modes x 2 teacher weights, synthetic data, 2 cycles, parallel jobs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp / "cache"))
+    output = _train(tmp, "-m", "mode=offline,hybrid", "weight.value=0.2,0.8", "cycles=2",
+                    "queries_per_cycle=20", "teacher.projection=procrustes",
+                    "tracking.experiment=sweep", f"cache_dir={cache}",
+                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    f"hydra.sweep.dir={tmp}/multirun")
+    (tmp / "sweep.log").write_text(output)
+    return tmp
+
+
+def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) -> None:
+    client = MlflowClient(f"sqlite:///{sweep_store}/mlflow.db")
+    jobs, parents = _job_runs(client, "sweep")
+    assert len(parents) == 1
+    # offline ignores the teacher weight: the two offline jobs are one configuration, run once.
+    labels = sorted(r.data.tags["config_label"] for r in jobs)
+    assert labels == ["hybrid/minilm/constant:0.2/procrustes",
+                      "hybrid/minilm/constant:0.8/procrustes", "offline/minilm/procrustes"]
+    assert "a sibling job of this sweep runs config" in (sweep_store / "sweep.log").read_text() \
+        or len(list((sweep_store / "multirun").glob("*/results.json"))) == 4
+    for run in jobs:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["training.mode"] == run.data.tags["mode"]
+        for metric in ("ndcg_at_10", "ndcg_at_10_std", "recall_at_100", "query_time_s",
+                       "sediment_time_s", "eval_time_s", "n_targets", "rollback"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert sorted(steps) == [0, 1, 2], (metric, steps)
+        alignment = client.get_metric_history(run.info.run_id, "teacher_alignment")
+        assert sorted(m.step for m in alignment) == [1, 2]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "per_query_ndcg.csv", "results.json", "adapters"} <= artifacts
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "adapters")] == \
+            ["adapters/fold_0.pt"]
+        table = Path(client.download_artifacts(run.info.run_id, "per_query_ndcg.csv",
+                                               str(sweep_store / run.info.run_id)))
+        lines = table.read_text().splitlines()
+        assert lines[0] == "cycle,query_id,ndcg_at_10"
+        assert {line.split(",")[0] for line in lines[1:]} == {"0", "1", "2"}
+    weights = {r.data.tags["config_label"]: r.data.metrics.get("teacher_weight") for r in jobs}
+    assert weights["hybrid/minilm/constant:0.2/procrustes"] == pytest.approx(0.2)
+    assert weights["hybrid/minilm/constant:0.8/procrustes"] == pytest.approx(0.8)
+
+
+def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
+    cache = os.environ.get("CHELATION_TEST_CACHE", str(sweep_store / "cache"))
+    output = _train(sweep_store, "-m", "mode=offline,hybrid", "weight.value=0.2,0.8",
+                    "cycles=2", "queries_per_cycle=20", "tracking.experiment=sweep",
+                    f"cache_dir={cache}", f"hydra.sweep.dir={sweep_store}/multirun-again")
+    client = MlflowClient(f"sqlite:///{sweep_store}/mlflow.db")
+    jobs, parents = _job_runs(client, "sweep")
+    assert len(jobs) == 3 and len(parents) == 2
+    assert output.count("skipping") == 4
+
+
+def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> None:
+    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp_path / "cache"))
+    seeds = "seed=" + ",".join(str(s) for s in range(8))
+    args = ("-m", "mode=baseline", seeds, "cycles=3", "queries_per_cycle=20",
+            "tracking.experiment=resume", f"cache_dir={cache}")
+    proc = _train(tmp_path, *args, f"hydra.sweep.dir={tmp_path}/first", wait=False)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.time() + 300
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            finished = len(_job_runs(client, "resume")[0])
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            continue
+        if finished >= 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    done_before = len(_job_runs(client, "resume")[0])
+    assert 1 <= done_before < 8, "the sweep was not interrupted midway"
+
+    output = _train(tmp_path, *args, f"hydra.sweep.dir={tmp_path}/second")
+    jobs, _ = _job_runs(client, "resume")
+    seeds_done = sorted(int(r.data.tags["seed"]) for r in jobs)
+    assert seeds_done == list(range(8))
+    assert output.count("skipping") == done_before
+    killed, _ = _job_runs(client, "resume", status="KILLED")
+    assert len(killed) <= 1
