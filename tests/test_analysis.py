@@ -1,0 +1,480 @@
+"""Tests of chelation.analysis: the statistics against known answers (no MLflow), the loaders
+against a real SQLite MLflow store, and the analysis notebook executed headless on that store."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from chelation import analysis as ca
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure statistics
+# --------------------------------------------------------------------------------------------
+
+def test_mean_ci_matches_scipy_t_interval():
+    values = np.array([0.31, 0.42, 0.28, 0.55, 0.47, 0.36, 0.40])
+    mean, low, high = ca.mean_ci(values, 0.95)
+    expected = stats.t.interval(0.95, len(values) - 1, loc=values.mean(),
+                                scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean())
+    assert (low, high) == pytest.approx(expected)
+    _, low90, high90 = ca.mean_ci(values, 0.90)
+    assert low < low90 < high90 < high
+
+
+def test_mean_ci_edge_cases():
+    assert ca.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    mean, low, high = ca.mean_ci([0.4])
+    assert mean == 0.4 and math.isnan(low) and math.isnan(high)
+    assert all(math.isnan(x) for x in ca.mean_ci([]))
+    assert ca.mean_ci([0.2, np.nan, 0.4])[0] == pytest.approx(0.3)
+
+
+def test_paired_comparison_detects_a_known_shift():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.9, 60)
+    shifted = base + 0.05 + rng.normal(0, 0.03, 60)
+    res = ca.paired_comparison(shifted, base)
+    assert res["n"] == 60
+    assert res["mean_diff"] == pytest.approx(np.mean(shifted - base))
+    assert res["p_ttest"] == pytest.approx(stats.ttest_rel(shifted, base).pvalue)
+    assert res["p_ttest"] < 0.05 and res["p_wilcoxon"] < 0.05
+    assert res["ci_low"] < 0.05 < res["ci_high"] and res["ci_low"] > 0
+    _, low, high = ca.mean_ci(shifted - base)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx((low, high))
+
+
+def test_paired_comparison_zero_shift_is_not_significant():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.9, 40)
+    noise = rng.normal(0, 0.05, 20)
+    other = base + np.concatenate([noise, -noise])  # differences cancel exactly
+    res = ca.paired_comparison(other, base)
+    assert res["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert res["p_ttest"] > 0.05 and res["p_wilcoxon"] > 0.05
+    assert res["ci_low"] < 0 < res["ci_high"]
+
+
+def test_paired_comparison_all_zero_differences_without_warnings():
+    a = np.array([0.2, 0.5, 0.7, 0.1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = ca.paired_comparison(a, a.copy())
+    assert res["mean_diff"] == 0 and res["p_ttest"] == 1.0 and res["p_wilcoxon"] == 1.0
+    assert res["ci_low"] == res["ci_high"] == 0
+
+
+def test_paired_comparison_drops_nan_pairs_and_checks_lengths():
+    res = ca.paired_comparison([0.5, np.nan, 0.7, 0.2], [0.4, 0.3, np.nan, 0.1])
+    assert res["n"] == 2 and res["mean_diff"] == pytest.approx(0.1)
+    assert math.isnan(ca.paired_comparison([0.5], [0.4])["p_ttest"])
+    with pytest.raises(ValueError, match="length"):
+        ca.paired_comparison([0.1, 0.2], [0.1])
+
+
+def test_seed_paired_test_aligns_on_seeds():
+    a = {0: 0.40, 1: 0.42, 2: 0.45, 7: 0.9}
+    b = pd.Series({2: 0.41, 0: 0.38, 1: 0.40})
+    res = ca.seed_paired_test(a, b)
+    assert res["n_seeds"] == 3
+    assert res["mean_diff"] == pytest.approx(np.mean([0.02, 0.02, 0.04]))
+    assert res["p_ttest"] == pytest.approx(
+        stats.ttest_rel([0.40, 0.42, 0.45], [0.38, 0.40, 0.41]).pvalue)
+    assert math.isnan(ca.seed_paired_test({0: 0.4}, {0: 0.3})["p_ttest"])
+
+
+def test_min_detectable_effect_formula_and_power():
+    sd, n = 0.1, 30
+    expected = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    mde = ca.min_detectable_effect(sd, n)
+    assert mde == pytest.approx(expected)
+    # The power of the two-sided paired t-test at that effect (noncentral t) is about 80%.
+    crit = stats.t.ppf(0.975, n - 1)
+    nc = mde * math.sqrt(n) / sd
+    power = stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
+    assert power == pytest.approx(0.8, abs=0.02)
+    # Large n approaches the normal formula; more queries detect smaller effects.
+    assert ca.min_detectable_effect(1.0, 10_000) == pytest.approx(
+        (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / 100, rel=1e-3)
+    series = [ca.min_detectable_effect(sd, k) for k in (5, 10, 50, 200)]
+    assert all(x > y for x, y in zip(series, series[1:], strict=False))
+    assert ca.min_detectable_effect(sd, 30, power=0.9) > mde
+    assert ca.min_detectable_effect(sd, 1) == math.inf
+
+
+def test_holm_adjust_known_values():
+    adjusted = ca.holm_adjust([0.01, 0.04, 0.03, np.nan])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(adjusted[3])
+    assert ca.holm_adjust([0.5, 0.02]) == pytest.approx([0.5, 0.04])
+    assert ca.holm_adjust([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# compare_to_reference, selection, report, figures on synthetic frames
+# --------------------------------------------------------------------------------------------
+
+def _per_query(label, mode, group, seeds, queries, values_at, teacher="mpnet", cycles=2):
+    """Rows for one configuration: values_at(cycle, seed, query_index) -> ndcg."""
+    rows = []
+    for seed in seeds:
+        for cycle in range(cycles + 1):
+            for i, q in enumerate(queries):
+                rows.append({"run_id": f"{group}-{seed}", "group_hash": group, "seed": seed,
+                             "config_label": label, "mode": mode, "teacher": teacher,
+                             "student": "minilm", "dataset": "toy", "cycle": cycle,
+                             "query_id": q, "ndcg_at_10": values_at(cycle, seed, i)})
+    return rows
+
+
+@pytest.fixture
+def toy_per_query():
+    queries = [str(i) for i in range(1, 13)]
+    base = np.linspace(0.2, 0.8, len(queries))
+    jitter = np.tile([0.01, -0.01], len(queries) // 2)
+    rows = _per_query("frozen/minilm", "frozen", "F", [0, 1], queries,
+                      lambda c, s, i: base[i])
+    rows += _per_query("hybrid/mpnet/constant:0.5/procrustes", "hybrid", "H", [0, 1], queries,
+                       lambda c, s, i: base[i] + (0.1 if c == 2 else 0.0) + jitter[i] * s)
+    rows += _per_query("baseline", "baseline", "B", [0, 1], queries,
+                       lambda c, s, i: base[i] + jitter[i])
+    return pd.DataFrame(rows)
+
+
+def test_compare_to_reference_on_known_shifts(toy_per_query):
+    table = ca.compare_to_reference(toy_per_query)
+    assert list(table.columns) == ca.TABLE_COLUMNS
+    assert table["config_label"].tolist() == [
+        "frozen/minilm", "baseline", "hybrid/mpnet/constant:0.5/procrustes"]
+    ref, base, hyb = (table.iloc[i] for i in range(3))
+    assert ref["reference"] == "(reference)" and ref["ratio_to_frozen"] == 1.0
+    assert math.isnan(ref["diff_vs_frozen"])
+    assert ref["ndcg_mean"] == pytest.approx(0.5)
+    assert hyb["n_seeds"] == 2 and hyb["n_queries"] == 12 and hyb["n_paired"] == 12
+    # seed 1's jitter averages to half of it per query; the mean shift is exactly 0.1
+    assert hyb["diff_vs_frozen"] == pytest.approx(0.1)
+    assert hyb["ratio_to_frozen"] == pytest.approx(0.6 / 0.5)
+    assert hyb["p_ttest"] < 1e-6 and hyb["p_wilcoxon"] < 0.01
+    assert hyb["p_seeds"] == 0.0  # the same shift on both seeds
+    assert hyb["reference"] == "frozen/minilm"
+    assert base["diff_vs_frozen"] == pytest.approx(0.0, abs=1e-12)
+    assert base["p_ttest"] > 0.5 and base["p_holm"] >= base["p_ttest"]
+    sd = np.std(np.full(12, 0.1) + np.tile([0.005, -0.005], 6), ddof=1)
+    assert hyb["mde_80"] == pytest.approx(ca.min_detectable_effect(sd, 12))
+    # At cycle 1 the hybrid had not moved yet.
+    early = ca.compare_to_reference(toy_per_query, cycle=1).set_index("group_hash")
+    assert early.loc["H", "diff_vs_frozen"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_compare_to_reference_pairs_on_seed_and_query():
+    # each seed tests different queries: pairing must match (seed, query), not query alone
+    rows = []
+    for seed, queries in ((0, ["a", "b", "c"]), (1, ["c", "d", "e"])):
+        for q in queries:
+            frozen = {"a": 0.1, "b": 0.2, "c": 0.3 + 0.2 * seed, "d": 0.4, "e": 0.5}[q]
+            for group, mode, value in (("F", "frozen", frozen), ("O", "offline", frozen + 0.05)):
+                rows.append({"group_hash": group, "mode": mode, "config_label": mode,
+                             "seed": seed, "cycle": 1, "query_id": q, "ndcg_at_10": value})
+    table = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash")
+    assert table.loc["O", "n_queries"] == 5
+    assert table.loc["O", "diff_vs_frozen"] == pytest.approx(0.05)
+    assert table.loc["O", "p_ttest"] == 0.0
+
+
+def test_compare_to_reference_without_frozen_uses_cycle_zero(toy_per_query):
+    no_frozen = toy_per_query[toy_per_query["mode"] != "frozen"]
+    table = ca.compare_to_reference(no_frozen).set_index("group_hash")
+    assert (table["reference"] == "cycle 0 (same runs)").all()
+    assert table.loc["H", "diff_vs_frozen"] == pytest.approx(0.1)
+    explicit = ca.compare_to_reference(no_frozen, reference_group="B").set_index("group_hash")
+    assert explicit.loc["B", "reference"] == "(reference)"
+    assert explicit.loc["H", "diff_vs_frozen"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="no rows"):
+        ca.compare_to_reference(no_frozen, reference_group="nope")
+    with pytest.raises(KeyError, match="ndcg_at_10"):
+        ca.compare_to_reference(no_frozen.drop(columns="ndcg_at_10"))
+
+
+def _runs_frame():
+    rows = []
+    specs = [("F", "frozen", "frozen/minilm", "constant", np.nan, 0.50, 0.52),
+             ("B", "baseline", "baseline", "constant", np.nan, 0.50, 0.51),
+             ("O", "offline", "offline/mpnet/procrustes", "constant", np.nan, 0.54, 0.53),
+             ("H1", "hybrid", "hybrid/mpnet/constant:0.25/procrustes", "constant", 0.25,
+              0.51, 0.56),
+             ("H2", "hybrid", "hybrid/mpnet/constant:0.75/procrustes", "constant", 0.75,
+              0.55, 0.54)]
+    for group, mode, label, schedule, weight, test, val in specs:
+        for seed in (0, 1, 2):
+            rows.append({"run_id": f"{group}-{seed}", "group_hash": group, "mode": mode,
+                         "config_label": label, "teacher": "mpnet", "projection": "procrustes",
+                         "student": "minilm", "dataset": "toy", "schedule": schedule,
+                         "weight": weight, "seed": seed,
+                         "metrics.ndcg_at_10": test + 0.01 * seed,
+                         "metrics.val_ndcg_at_10": val + 0.01 * seed})
+    return pd.DataFrame(rows)
+
+
+def test_select_on_validation_never_looks_at_test():
+    runs = _runs_frame()
+    choice = ca.select_on_validation(runs)
+    # H2 has the best test figure, H1 the best validation figure
+    assert choice["group_hash"] == "H1"
+    assert choice["val_mean"] == pytest.approx(0.57)
+    assert choice["n_seeds"] == 3 and choice["n_candidates"] == 3
+    assert ca.select_on_validation(runs, modes=("offline",))["group_hash"] == "O"
+    assert ca.select_on_validation(runs, modes=("nonexistent",)) is None
+    with pytest.raises(ValueError, match="validation"):
+        ca.select_on_validation(runs, metric="ndcg_at_10")
+
+
+def test_results_markdown_is_honest_when_nothing_is_significant(toy_per_query):
+    flat = toy_per_query[toy_per_query["group_hash"] != "H"]
+    table = ca.compare_to_reference(flat)
+    text = ca.results_markdown(table, None, title="Toy")
+    assert text.startswith("# Toy")
+    assert "on this collection only effects larger than the MDE can be significant" in text
+    assert f"{table.iloc[1]['mde_80']:.4f}" in text
+    assert "Every configuration stays >= 0.97 x its reference" in text
+    assert "none was chosen" in text
+
+
+def test_results_markdown_reports_significance_selection_and_floor(toy_per_query):
+    worse = toy_per_query.copy()
+    worse.loc[worse["group_hash"] == "B", "ndcg_at_10"] *= 0.9
+    table = ca.compare_to_reference(worse)
+    choice = {"group_hash": "H", "config_label": "hybrid/mpnet/constant:0.5/procrustes",
+              "mode": "hybrid", "metric": "val_ndcg_at_10", "val_mean": 0.61, "n_seeds": 2,
+              "n_candidates": 1}
+    text = ca.results_markdown(table, choice)
+    hyb = table.set_index("group_hash").loc["H"]
+    assert "is significantly better than `frozen/minilm`" in text
+    assert "is significantly worse than `frozen/minilm`" in text
+    assert f"Its test NDCG@10 is {hyb['ndcg_mean']:.4f}" in text
+    assert "validation 0.6100" in text
+    assert "Not every configuration stays >= 0.97 x its reference: `baseline` (0.900)" in text
+    for label in table["config_label"]:
+        assert f"`{label}`" in text
+
+
+def test_figures_from_frames_and_missing_modes(tmp_path):
+    runs = _runs_frame()
+    fig = ca.plot_ndcg_vs_weight(runs)
+    assert fig is not None
+    assert ca.save_figure(fig, tmp_path / "w.png").stat().st_size > 1000
+    assert ca.plot_ndcg_vs_weight(runs[runs["mode"] != "hybrid"]) is None
+    history = pd.DataFrame([{"run_id": r, "step": s, "value": 0.5 + 0.01 * s}
+                            for r in runs["run_id"] for s in range(3)])
+    assert ca.plot_ndcg_per_cycle(history, runs) is not None
+    assert ca.plot_ndcg_per_cycle(history.iloc[0:0], runs) is None
+
+
+# --------------------------------------------------------------------------------------------
+# A real MLflow store and the notebook
+# --------------------------------------------------------------------------------------------
+
+QUERIES = [f"q{i}" for i in range(1, 31)]
+CYCLES = 3
+FULL = [  # (mode, teacher, schedule, weight, effect on test NDCG@10, effect on validation)
+    ("frozen", "minilm", "constant", 0.5, 0.0, 0.0),
+    ("baseline", "minilm", "constant", 0.5, -0.005, -0.004),
+    ("offline", "mpnet", "constant", 0.5, 0.01, 0.012),
+    ("hybrid", "mpnet", "constant", 0.25, 0.02, 0.015),
+    ("hybrid", "mpnet", "constant", 0.5, 0.06, 0.05),
+    ("hybrid", "mpnet", "constant", 0.75, 0.03, 0.02),
+    ("hybrid", "mpnet", "cosine", 0.5, 0.025, 0.02),
+]
+
+
+def _label(mode, teacher, schedule, weight):
+    parts = [mode]
+    if mode == "frozen":
+        parts.append("all-MiniLM-L6-v2")
+    if mode in ("offline", "hybrid"):
+        parts.append(teacher)
+    if mode == "hybrid":
+        parts.append(f"constant:{weight:g}" if schedule == "constant"
+                     else f"{schedule}:0->{weight:g}")
+    if mode in ("offline", "hybrid"):
+        parts.append("procrustes")
+    return "/".join(parts)
+
+
+def _log_study(uri, client, experiment, arms, seeds, tmp):
+    from chelation import tracking
+
+    exp_id = client.create_experiment(experiment, artifact_location=str(tmp / "artifacts"))
+    parent = tracking.start_parent_run(uri, exp_id, "sweep", {"study": experiment})
+    difficulty = np.random.default_rng(123).uniform(0.1, 0.8, len(QUERIES))
+    for mode, teacher, schedule, weight, effect, val_effect in arms:
+        label = _label(mode, teacher, schedule, weight)
+        group = "g" + hashlib.sha256(label.encode()).hexdigest()[:12]
+        for seed in seeds:
+            params = {"training.mode": mode, "weight.value": weight, "weight.schedule": schedule,
+                      "weight.start": 0.0, "weight.end": weight, "teacher.name": teacher,
+                      "teacher.projection": "procrustes",
+                      "student.model": "sentence-transformers/all-MiniLM-L6-v2", "seed": seed,
+                      "cycles": CYCLES, "protocol": "kfold", "folds": 3}
+            tags = {"mode": mode, "teacher": teacher,
+                    "student": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "toy",
+                    "seed": str(seed), "schedule": schedule, "projection": "procrustes",
+                    "protocol": "kfold", "config_hash": f"{group}-{seed}", "group_hash": group,
+                    "config_label": label, "fallback": "none", "git_commit": "abc123"}
+            run = tracking.JobRun(uri, exp_id, f"{label}/seed{seed}", params, tags, parent)
+            rng = np.random.default_rng([seed, len(label)])
+            rows = []
+            for cycle in range(CYCLES + 1):
+                gain = effect * cycle / CYCLES
+                noise = 0 if mode == "frozen" or cycle == 0 else rng.normal(0, 0.02, len(QUERIES))
+                scores = np.clip(difficulty + gain + noise, 0, 1)
+                rows += [(cycle, q, float(s)) for q, s in zip(QUERIES, scores, strict=True)]
+                run.log_metrics({
+                    "ndcg_at_10": scores.mean(), "ndcg_at_10_std": scores.std(),
+                    "recall_at_100": min(1.0, scores.mean() + 0.3),
+                    "val_ndcg_at_10": 0.45 + val_effect * cycle / CYCLES + 0.003 * seed,
+                    "query_time_s": 0.8, "sediment_time_s": 0.0 if cycle == 0 else 1.5,
+                    "eval_time_s": 0.2, "n_targets": 0 if cycle == 0 else 40,
+                    "teacher_weight": weight if mode == "hybrid" else float("nan"),
+                    "rollback": 0}, cycle)
+            run.log_metrics({"total_time_s": 12.0, "encode_time_s": 3.0, "n_encoded": 1430}, 0)
+            run.log_artifact(tracking.write_per_query_table(tmp / "per_query_ndcg.csv", rows))
+            run.set_tags({"fallback": "none"})
+            run.finish()
+    # A failed job: must not be analysed.
+    failed = tracking.JobRun(uri, exp_id, "failed", {"training.mode": "hybrid"},
+                             {"mode": "hybrid", "config_label": "hybrid/failed",
+                              "group_hash": "gfailed", "seed": "0"}, parent)
+    failed.log_metrics({"ndcg_at_10": 0.99}, 1)
+    failed.finish("FAILED")
+    tracking.end_run(uri, parent)
+    return exp_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    _log_study(uri, client, "full", FULL, (0, 1, 2), tmp)
+    no_hybrid = [arm for arm in FULL if arm[0] != "hybrid"]
+    _log_study(uri, client, "no-hybrid", no_hybrid, (0, 1), tmp)
+    return uri
+
+
+def test_loaders_read_the_store(store):
+    runs = ca.load_runs(store, "full")
+    assert len(runs) == len(FULL) * 3  # neither the parent nor the failed run
+    assert set(runs["mode"]) == {"frozen", "baseline", "offline", "hybrid"}
+    assert runs["seed"].tolist().count(2) == len(FULL)
+    assert runs["weight"].notna().all()
+    assert runs["metrics.ndcg_at_10"].notna().all()
+    assert "params.weight.schedule" in runs and "tags.git_commit" in runs
+    with pytest.raises(ValueError, match="does not exist"):
+        ca.load_runs(store, "missing")
+
+    some = runs["run_id"].head(2).tolist()
+    history = ca.metric_history(store, some, "ndcg_at_10")
+    assert list(history.columns) == ["run_id", "step", "value"]
+    assert len(history) == 2 * (CYCLES + 1)
+    # the latest metric is the final cycle's
+    last = history[history["step"] == CYCLES].set_index("run_id")["value"]
+    assert last[some[0]] == pytest.approx(runs.set_index("run_id").loc[some[0],
+                                                                       "metrics.ndcg_at_10"])
+
+    table = ca.per_query_table(store, some[0])
+    assert list(table.columns) == ["run_id", "cycle", "query_id", "ndcg_at_10"]
+    assert len(table) == len(QUERIES) * (CYCLES + 1)
+    assert table["query_id"].map(type).eq(str).all()
+
+    per_query = ca.load_per_query(store, runs)
+    comparison = ca.compare_to_reference(per_query).set_index("config_label")
+    best = comparison.loc["hybrid/mpnet/constant:0.5/procrustes"]
+    assert best["diff_vs_frozen"] == pytest.approx(0.06, abs=0.01)
+    assert best["p_ttest"] < 0.05 and best["n_seeds"] == 3 and best["n_queries"] == len(QUERIES)
+    choice = ca.select_on_validation(runs)
+    assert choice["config_label"] == "hybrid/mpnet/constant:0.5/procrustes"
+
+
+@pytest.fixture(scope="module")
+def kernel_name():
+    """A kernel that runs this interpreter: the 'python3' spec when it launches `python` (which
+    jupyter_client maps to sys.executable) or this interpreter, else one installed into the venv."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv0 = KernelSpecManager().get_kernel_spec("python3").argv[0]
+    except NoSuchKernel:
+        argv0 = None
+    if argv0 in {"python", "python3", sys.executable}:
+        return "python3"
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix",
+                    "--name", "chelation-venv"], check=True, capture_output=True)
+    return "chelation-venv"
+
+
+def _execute_notebook(tmp_path, kernel, **params):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    NotebookClient(nb, kernel_name=kernel, timeout=300,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return nb
+
+
+def _outputs_text(nb):
+    return "\n".join(out.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for out in c.get("outputs", []))
+
+
+def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
+    out, report = tmp_path / "figures", tmp_path / "report" / "results.md"
+    _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="full",
+                      OUTPUT_DIR=str(out), RESULTS_MD=str(report))
+    for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    text = report.read_text()
+    for arm in FULL:
+        assert f"`{_label(*arm[:4])}`" in text
+    assert "## Chosen on validation" in text
+    assert "`hybrid/mpnet/constant:0.5/procrustes` (validation" in text
+    assert "hybrid/failed" not in text
+    assert "0.97 x its reference" in text
+
+
+def test_notebook_copes_without_hybrid_runs(store, kernel_name, tmp_path):
+    out, report = tmp_path / "figures", tmp_path / "results.md"
+    nb = _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="no-hybrid",
+                           OUTPUT_DIR=str(out), RESULTS_MD=str(report))
+    assert "No hybrid runs with a constant schedule" in _outputs_text(nb)
+    assert not (out / "ndcg_vs_weight.png").exists()
+    assert (out / "ndcg_per_cycle.png").stat().st_size > 5000
+    text = report.read_text()
+    for label in ("frozen/all-MiniLM-L6-v2", "baseline", "offline/mpnet/procrustes"):
+        assert f"`{label}`" in text
+    assert "hybrid/" not in text
+
+
+def test_run_summary_skips_missing_metrics():
+    runs = _runs_frame().drop(columns="metrics.val_ndcg_at_10")
+    summary = ca.run_summary(runs)
+    assert list(summary.columns) == ["seeds", "ndcg_at_10"]
+    assert summary.loc[("frozen", "frozen/minilm"), "seeds"] == 3
