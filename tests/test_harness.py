@@ -182,3 +182,18 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
     assert output.count("skipping") == done_before
     killed, _ = _job_runs(client, "resume", status="KILLED")
     assert len(killed) <= 1
+
+
+def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
+    from experiments.analyse import execute_notebook
+
+    out = sweep_store / "analysis"
+    report = out / "RESULTS.md"
+    execute_notebook({"TRACKING_URI": f"sqlite:///{sweep_store}/mlflow.db",
+                      "EXPERIMENT": "sweep", "OUTPUT_DIR": str(out),
+                      "RESULTS_MD": str(report)}, out)
+    for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    text = report.read_text()
+    for label in ("hybrid/minilm/constant:0.2/procrustes", "offline/minilm/procrustes"):
+        assert label in text
