@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from chelation.models import load_model, model_fingerprint, resolve_model
 
 log = logging.getLogger(__name__)
+
+SHARD_SIZE = 256  # texts per cache shard: the most an interrupted encode can lose
 
 
 def text_key(text: str) -> str:
@@ -70,7 +73,7 @@ class CachedEncoder:
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.fingerprint = model_fingerprint(self.resolved, max_seq_length)
+        self.fingerprint = model_fingerprint(self.resolved, max_seq_length, display_name=model)
         self.cache = EmbeddingCache(Path(cache_dir).expanduser() / self.fingerprint)
         self.n_encoded = 0
         self.n_cached = 0
@@ -90,19 +93,26 @@ class CachedEncoder:
                 missing.setdefault(key, text)
         self.n_cached += len(keys) - len(missing)
         if missing:
-            started = time.perf_counter()
-            model = load_model(self.resolved, self.max_seq_length)
-            log.info("encoding %d texts with %s", len(missing), self.name)
-            vectors = model.encode(
-                list(missing.values()),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=self.show_progress,
-            )
-            self.cache.add(list(missing), np.asarray(vectors, dtype=np.float32))
-            self.n_encoded += len(missing)
-            self.encode_seconds += time.perf_counter() - started
+            self._encode_missing(list(missing), list(missing.values()), desc)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.cache.get(k) for k in keys])
+
+    def _encode_missing(self, keys: list[str], texts: list[str], desc: str | None) -> None:
+        """Encode in chunks, each saved as a cache shard as soon as it is done, so an interrupted
+        encode resumes where it stopped."""
+        started = time.perf_counter()
+        model = load_model(self.resolved, self.max_seq_length)
+        log.info("encoding %d texts with %s", len(texts), self.name)
+        with tqdm(total=len(texts), desc=f"encoding {desc or 'texts'} ({self.name})",
+                  unit="text", disable=not self.show_progress) as bar:
+            for start in range(0, len(texts), SHARD_SIZE):
+                chunk = texts[start:start + SHARD_SIZE]
+                vectors = model.encode(chunk, batch_size=self.batch_size,
+                                       normalize_embeddings=True, convert_to_numpy=True,
+                                       show_progress_bar=False)
+                self.cache.add(keys[start:start + SHARD_SIZE],
+                               np.asarray(vectors, dtype=np.float32))
+                self.n_encoded += len(chunk)
+                bar.update(len(chunk))
+        self.encode_seconds += time.perf_counter() - started

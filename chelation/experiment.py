@@ -136,7 +136,8 @@ def run_job(
         if settings.training.mode == "offline":
             t0 = time.perf_counter()
             for r, f in zip(retrievers, folds, strict=True):
-                outcome = r.distill(f.fit + f.val if settings.training.distill_queries else [])
+                # the validation slice stays unseen: it must judge generalisation to new queries
+                outcome = r.distill(f.fit if settings.training.distill_queries else [])
                 result.fallbacks.append(outcome.fallback)
             result.distill_time_s = time.perf_counter() - t0
         rng = np.random.default_rng(settings.seed)

@@ -61,7 +61,8 @@ def load_model(resolved: str, max_seq_length: int | None = None):  # -> Sentence
     return model
 
 
-def model_fingerprint(resolved: str, max_seq_length: int | None = None) -> str:
+def model_fingerprint(resolved: str, max_seq_length: int | None = None,
+                      display_name: str | None = None) -> str:
     """Identity of a model for cache keys: the folder's config files and weight sizes when local,
     the hub id otherwise. Cheap: weights are not hashed, only their sizes."""
     digest = hashlib.sha256(f"seq={max_seq_length}".encode())
@@ -77,4 +78,5 @@ def model_fingerprint(resolved: str, max_seq_length: int | None = None) -> str:
                 digest.update(f"{rel}:{f.stat().st_size}".encode())
     else:
         digest.update(resolved.encode())
-    return f"{path.name or resolved.replace('/', '__')}-{digest.hexdigest()[:12]}"
+    label = (display_name or resolved).rstrip("/").split("/")[-1]
+    return f"{label}-{digest.hexdigest()[:12]}"

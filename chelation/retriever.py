@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from chelation.neighbourhood import (
     neighbourhood_entropy,
     should_chelate,
 )
-from chelation.settings import RunSettings
+from chelation.settings import EngineSettings, RunSettings
 from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher, TeacherUnavailable
 
@@ -81,6 +81,18 @@ class SedimentResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _fold_engine(engine: EngineSettings, fold: int) -> EngineSettings:
+    """Each fold's adapter needs an index of its own: a collection of its own on a server (else
+    folds overwrite each other's vectors), a folder of its own for an on-disk local index (a
+    folder admits one client at a time)."""
+    if fold == 0:
+        return engine
+    location = engine.location
+    if location != ":memory:" and not engine.url:
+        location = f"{location.rstrip('/')}-fold{fold}"
+    return replace(engine, location=location, collection=f"{engine.collection}-fold{fold}")
+
+
 class ChelatedRetriever:
     def __init__(
         self,
@@ -101,12 +113,13 @@ class ChelatedRetriever:
         self.adapter = ResidualAdapter(dim, settings.adapter.hidden_dim, seed=self.seed,
                                        init_scale=settings.adapter.init_scale)
         self.adapter.eval()
-        self.index = VectorIndex(dim, settings.engine)
+        self.index = VectorIndex(dim, _fold_engine(settings.engine, fold))
         self.index.index(self.dataset.doc_ids, self.adapter.apply(encoded.docs))
         self.collapses = CollapseLog(len(encoded.docs), dim)
         self._positions = {d: i for i, d in enumerate(self.dataset.doc_ids)}
         self._entropy_history: list[float] = []
         self._val_ndcg: float | None = None
+        self._val_initial = float("nan")
         self._teacher_docs: np.ndarray | None = None
         self._updates = 0
 
@@ -247,7 +260,10 @@ class ChelatedRetriever:
         self._reindex(result)
         if self.val_query_ids:
             result.val_after = self.evaluate(self.val_query_ids).ndcg_at_10
-            if result.val_before - result.val_after > cfg.guard_tolerance:
+            # Against the better of the last accepted and the untrained score, so that updates
+            # each within tolerance cannot add up to a slow collapse.
+            reference = max(result.val_before, self._val_initial)
+            if reference - result.val_after > cfg.guard_tolerance:
                 log.info("collapse guard: validation NDCG@10 %.4f -> %.4f, rolling back",
                          result.val_before, result.val_after)
                 self.adapter.load_state_dict(before_state)
@@ -262,6 +278,7 @@ class ChelatedRetriever:
             return float("nan")
         if self._val_ndcg is None:
             self._val_ndcg = self.evaluate(self.val_query_ids).ndcg_at_10
+            self._val_initial = self._val_ndcg
         return self._val_ndcg
 
     def _reindex(self, result: SedimentResult) -> None:
