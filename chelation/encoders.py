@@ -82,7 +82,9 @@ class CachedEncoder:
     @property
     def dim(self) -> int:
         model = load_model(self.resolved, self.max_seq_length)
-        return int(model.get_sentence_embedding_dimension())
+        get_dim = getattr(model, "get_embedding_dimension", None) \
+            or model.get_sentence_embedding_dimension
+        return int(get_dim())
 
     def encode(self, texts: Sequence[str], desc: str | None = None) -> np.ndarray:
         """Unit-length embeddings, one row per text, in input order."""

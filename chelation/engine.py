@@ -4,6 +4,7 @@ server by URL. Documents keep their original ids; Qdrant point ids are their pos
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,10 @@ class VectorIndex:
         settings = settings or EngineSettings()
         self.dim = dim
         self.collection = settings.collection
+        self._owns_collection = bool(settings.url)
         if settings.url:
+            # jobs sharing a server must not replace each other's collections
+            self.collection = f"{settings.collection}-{uuid.uuid4().hex[:12]}"
             self.client = QdrantClient(url=settings.url)
         elif settings.location == ":memory:":
             self.client = QdrantClient(location=":memory:")
@@ -97,4 +101,6 @@ class VectorIndex:
         return np.asarray([by_id[i] for i in range(len(self.doc_ids))], dtype=np.float32)
 
     def close(self) -> None:
+        if self._owns_collection:
+            self.client.delete_collection(self.collection)
         self.client.close()

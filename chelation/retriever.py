@@ -269,8 +269,8 @@ class ChelatedRetriever:
                 self.adapter.load_state_dict(before_state)
                 self._reindex(result)
                 result.rollback = True
-                result.val_after = result.val_before
-            self._val_ndcg = result.val_after
+            # val_after keeps the measured drop; the accepted state's score carries on
+            self._val_ndcg = result.val_before if result.rollback else result.val_after
         result.teacher_alignment = self._alignment()
 
     def _validation_ndcg(self) -> float:

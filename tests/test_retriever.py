@@ -1,0 +1,393 @@
+"""The chelated retriever per mode on real data: the synthetic collection, the real MiniLM student,
+a real 768-wide stand-in teacher and Qdrant in embedded local mode."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import chelation.retriever as retriever_module
+from chelation.data import RetrievalDataset
+from chelation.encoders import CachedEncoder
+from chelation.experiment import Fold, make_folds, run_job
+from chelation.retriever import ChelatedRetriever, EncodedDataset
+from chelation.settings import (
+    ChelationSettings,
+    EngineSettings,
+    RunSettings,
+    TeacherSettings,
+    TrainingSettings,
+    WeightSchedule,
+)
+from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
+from chelation.teacher import Teacher
+
+N_BATCH = 20
+
+
+def _settings(cache_dir: Path, mode: str = "baseline", trigger: str = "always",
+              teacher_model: str | None = None, weight: float = 0.5, **training) -> RunSettings:
+    teacher = TeacherSettings(name="stand-in", model=teacher_model) if teacher_model else \
+        TeacherSettings()
+    return RunSettings(
+        seed=0,
+        cycles=2,
+        queries_per_cycle=N_BATCH,
+        cache_dir=str(cache_dir),
+        teacher=teacher,
+        weight=WeightSchedule(value=weight),
+        chelation=ChelationSettings(trigger=trigger),
+        training=TrainingSettings(mode=mode, **training),
+    )
+
+
+def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def fold(synthetic: RetrievalDataset, cache_dir: Path) -> Fold:
+    (only,) = make_folds(synthetic.judged_query_ids, _settings(cache_dir))
+    assert len(only.fit) >= N_BATCH and only.val and only.test
+    return only
+
+
+@pytest.fixture()
+def make_teacher(teacher768_path: str, cache_dir: Path):
+    def build() -> Teacher:
+        encoder = CachedEncoder(teacher768_path, cache_dir, batch_size=32, show_progress=False)
+        return Teacher(encoder, "procrustes")
+
+    return build
+
+
+def _assert_index_is_adapted_raw(r: ChelatedRetriever, encoded: EncodedDataset) -> None:
+    np.testing.assert_allclose(r.index.stored_vectors(), r.adapter.apply(encoded.docs), atol=1e-5)
+
+
+# --- baseline, frozen and the trigger -------------------------------------------------------
+
+
+def test_baseline_always_chelates_trains_and_reindexes(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    settings = _settings(cache_dir, "baseline", "always", guard_tolerance=1.0)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    try:
+        before = r.adapter.snapshot()
+        stored_before = r.index.stored_vectors()
+        phase = r.run_queries(fold.fit[:N_BATCH])
+        assert phase.n_queries == N_BATCH
+        assert phase.n_chelated == N_BATCH
+        assert r.collapses.n_events == N_BATCH * settings.chelation.scout_k
+        for q, ids in phase.rankings.items():
+            assert q in fold.fit
+            assert len(ids) == settings.chelation.scout_k == len(set(ids))
+        logged = {d for ids in phase.rankings.values() for d in ids}
+        result = r.sediment(0.0)
+        assert result.n_targets == len(logged) > 0  # every document of every neighbourhood
+        assert not result.rollback
+        assert result.fallback == "none"
+        assert math.isfinite(result.train_loss)
+        assert not _states_equal(before, r.adapter.state_dict())
+        assert np.abs(r.index.stored_vectors() - stored_before).max() > 1e-4
+        _assert_index_is_adapted_raw(r, encoded_synthetic)
+        assert r.collapses.n_events == 0  # the log starts afresh each cycle
+    finally:
+        r.close()
+
+
+def test_trigger_never_logs_no_events_and_does_not_train(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    settings = _settings(cache_dir, "baseline", "never", guard_tolerance=1.0)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    try:
+        before = r.adapter.snapshot()
+        phase = r.run_queries(fold.fit[:N_BATCH])
+        assert phase.n_chelated == 0
+        assert r.collapses.n_events == 0
+        result = r.sediment(0.0)
+        assert result.n_targets == 0
+        assert _states_equal(before, r.adapter.state_dict())
+    finally:
+        r.close()
+
+
+def test_adaptive_trigger_chelates_only_dense_neighbourhoods(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    settings = _settings(cache_dir, "baseline", "adaptive")
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    try:
+        phase = r.run_queries(fold.fit[:N_BATCH])
+        # the first batch sets the threshold itself: its median entropy (quantile 0.5)
+        assert phase.n_chelated == N_BATCH // 2
+        assert math.isfinite(phase.threshold)
+    finally:
+        r.close()
+
+
+def test_frozen_chelates_at_query_time_but_never_trains(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    r = ChelatedRetriever(encoded_synthetic, _settings(cache_dir, "frozen"), None, fold.val)
+    try:
+        before = r.adapter.snapshot()
+        assert r.run_queries(fold.fit[:N_BATCH]).n_chelated == N_BATCH
+        result = r.sediment(0.0)
+        assert result.n_targets == 0
+        assert _states_equal(before, r.adapter.state_dict())
+        # the untrained adapter is the identity: the index holds the raw unit embeddings
+        np.testing.assert_allclose(r.index.stored_vectors(), encoded_synthetic.docs, atol=1e-5)
+    finally:
+        r.close()
+
+
+# --- hybrid and offline with a 768-wide teacher ---------------------------------------------
+
+
+def test_hybrid_targets_blend_homeostatic_and_projected_teacher(
+    encoded_synthetic: EncodedDataset, synthetic: RetrievalDataset, cache_dir: Path, fold: Fold,
+    make_teacher, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings(cache_dir, "hybrid", "always", guard_tolerance=1.0)
+    teacher = make_teacher()
+    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real_fit = retriever_module.fit_adapter
+
+    def recording_fit(adapter, raw, targets, *args, **kwargs):  # the real fit, observed
+        seen.append((raw.copy(), targets.copy()))
+        return real_fit(adapter, raw, targets, *args, **kwargs)
+
+    monkeypatch.setattr(retriever_module, "fit_adapter", recording_fit)
+    try:
+        r.run_queries(fold.fit[:N_BATCH])
+        positions = r.collapses.frequent(settings.training.collapse_threshold)
+        homeostatic = homeostatic_targets(r.adapter.apply(encoded_synthetic.docs[positions]),
+                                          r.collapses.mean_centres(positions),
+                                          settings.training.push)
+        result = r.sediment(0.5)
+        assert result.fallback == "none"
+        assert result.teacher_weight == 0.5
+        assert result.n_targets == len(positions) > 0
+        assert teacher.teacher_dim == 768 and teacher.matrix.shape == (768, 384)
+        projected = teacher.targets([synthetic.corpus[synthetic.doc_ids[p]] for p in positions])
+        (raw, targets), = seen
+        np.testing.assert_array_equal(raw, encoded_synthetic.docs[positions])
+        assert np.abs(targets - homeostatic).max() > 1e-2
+        assert np.abs(targets - projected).max() > 1e-2
+        np.testing.assert_allclose(targets, blend_targets(homeostatic, projected, 0.5), atol=1e-5)
+        assert mean_cosine(homeostatic, projected) < mean_cosine(targets, projected) < 1.0
+        assert math.isfinite(result.teacher_alignment)
+        _assert_index_is_adapted_raw(r, encoded_synthetic)
+    finally:
+        r.close()
+
+
+def test_hybrid_weight_changes_what_is_learned(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold, make_teacher
+) -> None:
+    settings = _settings(cache_dir, "hybrid", "always", guard_tolerance=1.0)
+    learned = {}
+    for w in (0.0, 0.5, 1.0):
+        r = ChelatedRetriever(encoded_synthetic, settings, make_teacher(), fold.val)
+        try:
+            r.run_queries(fold.fit[:N_BATCH])
+            assert r.sediment(w).n_targets > 0
+            learned[w] = r.index.stored_vectors()
+        finally:
+            r.close()
+    for a, b in ((0.0, 0.5), (0.5, 1.0), (0.0, 1.0)):
+        assert np.abs(learned[a] - learned[b]).max() > 1e-3, (a, b)
+
+
+def test_offline_distils_through_projection_and_runs_cycles(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold, make_teacher
+) -> None:
+    settings = _settings(cache_dir, "offline", "always", guard_tolerance=1.0)
+    teacher = make_teacher()
+    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+    try:
+        stored0 = r.index.stored_vectors()
+        distilled = r.distill(fold.fit)
+        assert distilled.fallback == "none" and not distilled.notes
+        assert distilled.n_targets == len(encoded_synthetic.docs) + len(fold.fit)
+        assert teacher.matrix.shape == (768, 384)
+        stored1 = r.index.stored_vectors()
+        assert np.abs(stored1 - stored0).max() > 1e-3
+        teacher_docs = teacher.targets([r.dataset.corpus[d] for d in r.dataset.doc_ids])
+        # distillation moved the documents towards the teacher
+        assert mean_cosine(stored1, teacher_docs) > mean_cosine(stored0, teacher_docs) + 1e-3
+        assert distilled.teacher_alignment == pytest.approx(mean_cosine(stored1, teacher_docs),
+                                                            abs=1e-4)
+        for cycle in range(2):
+            batch = fold.fit[cycle * 10:(cycle + 1) * 10]
+            assert r.run_queries(batch).n_chelated == len(batch)
+            result = r.sediment(1.0)
+            assert result.fallback == "none"
+            assert result.n_targets > 0
+            _assert_index_is_adapted_raw(r, encoded_synthetic)
+        assert np.abs(r.index.stored_vectors() - stored1).max() > 1e-4
+    finally:
+        r.close()
+
+
+# --- invariants across modes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["frozen", "baseline", "hybrid", "offline"])
+def test_index_always_holds_adapter_of_raw_after_cycles(
+    mode: str, encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold, make_teacher
+) -> None:
+    """With the default collapse guard (rollbacks allowed), the stored vectors are re-derived
+    from raw after every update, never the adapter applied to already adapted vectors."""
+    settings = _settings(cache_dir, mode, "always", push=0.5, lr=1e-2)
+    teacher = make_teacher() if mode in ("hybrid", "offline") else None
+    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+    try:
+        if mode == "offline":
+            r.distill(fold.fit)
+            _assert_index_is_adapted_raw(r, encoded_synthetic)
+        for cycle in range(3):
+            r.run_queries(fold.fit[cycle * 8:(cycle + 1) * 8])
+            r.sediment(0.5)
+            _assert_index_is_adapted_raw(r, encoded_synthetic)
+        # searching through the index gives the exact cosine order of adapted vectors
+        queries = r.adapter.apply(encoded_synthetic.query_matrix(fold.test[:5]))
+        hits = r.index.search(queries, 10)
+        docs = r.adapter.apply(encoded_synthetic.docs)
+        expected = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
+        assert hits.doc_ids == [[r.dataset.doc_ids[j] for j in row] for row in expected]
+    finally:
+        r.close()
+
+
+def test_collapse_guard_rolls_back_a_destructive_update(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    destructive = {"lr": 1.0, "push": 5.0, "epochs": 10}
+    outcomes = {}
+    for tolerance in (0.001, 1.0):
+        settings = _settings(cache_dir, "baseline", "always", guard_tolerance=tolerance,
+                             **destructive)
+        r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+        try:
+            before = r.adapter.snapshot()
+            stored_before = r.index.stored_vectors()
+            val_before = r.evaluate(fold.val).ndcg_at_10
+            r.run_queries(fold.fit[:N_BATCH])
+            result = r.sediment(0.0)
+            outcomes[tolerance] = result
+            assert result.n_targets > 0
+            assert result.val_before == pytest.approx(val_before)
+            if tolerance == 1.0:  # guard off: the same update is kept, and it is destructive
+                assert not result.rollback
+                assert result.val_after < val_before - 0.05
+                assert np.abs(r.index.stored_vectors() - stored_before).max() > 1e-2
+            else:
+                assert result.rollback
+                assert result.val_after < result.val_before - 0.001  # the drop stays on record
+                assert _states_equal(before, r.adapter.state_dict())
+                np.testing.assert_allclose(r.index.stored_vectors(), stored_before, atol=1e-6)
+                assert r.evaluate(fold.val).ndcg_at_10 == pytest.approx(val_before)
+        finally:
+            r.close()
+    assert outcomes[0.001].train_loss == pytest.approx(outcomes[1.0].train_loss)
+
+
+# --- whole jobs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "offline"])
+def test_unloadable_teacher_falls_back_to_baseline(
+    mode: str, synthetic: RetrievalDataset, encoded_synthetic: EncodedDataset, cache_dir: Path
+) -> None:
+    settings = _settings(cache_dir, mode, "always", teacher_model="/nonexistent/teacher",
+                         guard_tolerance=1.0)
+    seen = []
+    result = run_job(synthetic, settings, on_cycle=seen.append, show_progress=False)
+    assert [c.cycle for c in result.cycles] == [0, 1, 2]
+    assert seen == result.cycles
+    for record in result.cycles[1:]:
+        assert record.fallback == "baseline"
+        assert record.n_targets > 0  # homeostatic targets were used instead
+        assert math.isfinite(record.ndcg_at_10)
+        assert math.isnan(record.teacher_alignment)
+    if mode == "hybrid":
+        assert result.fallback == "baseline"
+    else:  # nothing homeostatic to distil before any query ran
+        assert result.fallbacks[0] == "no_update"
+        assert result.fallback == "baseline,no_update"
+    assert result.n_encoded == 0  # the student came from the session cache
+
+
+def test_same_settings_and_seed_give_identical_metrics(
+    synthetic: RetrievalDataset, cache_dir: Path, teacher768_path: str
+) -> None:
+    settings = _settings(cache_dir, "hybrid", "always", teacher_model=teacher768_path,
+                         push=0.5, lr=1e-2)
+    first = run_job(synthetic, settings, show_progress=False)
+    second = run_job(synthetic, settings, show_progress=False)
+    assert [c.ndcg_at_10 for c in first.cycles] == [c.ndcg_at_10 for c in second.cycles]
+    assert [c.per_query for c in first.cycles] == [c.per_query for c in second.cycles]
+    assert [c.n_targets for c in first.cycles] == [c.n_targets for c in second.cycles]
+    # not trivially equal: training happened and changed what the test queries retrieve
+    assert all(c.n_targets > 0 for c in first.cycles[1:])
+    assert any(c.per_query != first.cycles[0].per_query for c in first.cycles[1:])
+    assert second.n_encoded == 0 and second.n_cached == len(synthetic.corpus) + len(
+        synthetic.judged_query_ids)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "offline"])
+def test_training_never_sees_test_or_validation_queries(
+    mode: str, synthetic: RetrievalDataset, cache_dir: Path, fold: Fold, teacher768_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    distilled: list[str] = []
+    real_queries, real_distill = ChelatedRetriever.run_queries, ChelatedRetriever.distill
+
+    def recording_queries(self, query_ids):
+        asked.extend(query_ids)
+        return real_queries(self, query_ids)
+
+    def recording_distill(self, train_query_ids=()):
+        distilled.extend(train_query_ids)
+        return real_distill(self, train_query_ids)
+
+    monkeypatch.setattr(ChelatedRetriever, "run_queries", recording_queries)
+    monkeypatch.setattr(ChelatedRetriever, "distill", recording_distill)
+    settings = _settings(cache_dir, mode, teacher_model=teacher768_path)
+    result = run_job(synthetic, settings, show_progress=False)
+    assert len(asked) == 2 * N_BATCH
+    assert set(asked) <= set(fold.fit)
+    if mode == "offline":  # the query texts distilled are the fit slice's, and only those
+        assert sorted(distilled) == sorted(fold.fit)
+        assert result.fallback == "none"
+    assert set(result.cycles[-1].per_query) == set(fold.test)
+
+
+def test_kfold_folds_each_get_their_own_index_in_memory_or_on_disk(
+    synthetic: RetrievalDataset, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Every fold trains its own adapter, so each needs its own index: on disk two folds cannot
+    share one folder, and on a server they must not share one collection."""
+    results = {}
+    for where in (":memory:", str(tmp_path / "qdrant")):
+        settings = _settings(cache_dir, "baseline", "always", push=0.5, lr=1e-2)
+        settings.protocol, settings.folds, settings.cycles = "kfold", 2, 1
+        settings.engine = EngineSettings(location=where)
+        settings.validate()
+        results[where] = run_job(synthetic, settings, show_progress=False)
+    memory, disk = results.values()
+    for result in (memory, disk):
+        # every judged query is scored once per cycle, by the fold that did not train on it
+        assert [set(c.per_query) for c in result.cycles] == [set(synthetic.judged_query_ids)] * 2
+        assert result.cycles[1].n_targets > 0
+    assert [c.per_query for c in memory.cycles] == [c.per_query for c in disk.cycles]
