@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -33,7 +33,22 @@ _MODE_IRRELEVANT = {
 
 
 @dataclass
+class DatasetSpec:
+    """Which collection a job runs on: generated (`synthetic`), a BEIR folder, or an MTEB task."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("synthetic", "beir", "mteb")
+    name: str = "synthetic"
+    kind: str = "synthetic"
+    path: str | None = None
+    split: str = "test"
+    task: str | None = None
+    seed: int = 0
+
+
+@dataclass
 class TrackingTarget:
+    """Where a job's runs go; `resume` skips configurations that already have a finished run."""
+
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "chelation"
     resume: bool = True

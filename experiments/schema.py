@@ -8,40 +8,21 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from chelation.runner import DatasetSpec, TrackingTarget
 from chelation.settings import RunSettings, SettingsError
-
-DATASET_KINDS = ("synthetic", "beir", "mteb")
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "synthetic"
-    kind: str = "synthetic"
-    path: str | None = None
-    split: str = "test"
-    task: str | None = None
-    seed: int = 0
-
-
-@dataclass
-class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "chelation"
-    resume: bool = True
-    enabled: bool = True
 
 
 @dataclass
 class ExperimentConfig(RunSettings):
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    tracking: TrackingTarget = field(default_factory=TrackingTarget)
     show_progress: bool = True
 
     def validate(self) -> ExperimentConfig:
         super().validate()
-        if self.dataset.kind not in DATASET_KINDS:
+        if self.dataset.kind not in DatasetSpec.KINDS:
             raise SettingsError(f"dataset.kind={self.dataset.kind!r} is invalid: expected one of "
-                                f"{list(DATASET_KINDS)}")
+                                f"{list(DatasetSpec.KINDS)}")
         return self
 
 
