@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from chelation.listwise import RankingTargets, listwise_kl
 
 
 @contextlib.contextmanager
@@ -58,6 +61,18 @@ class ResidualAdapter(nn.Module):
         return copy.deepcopy(self.state_dict())
 
 
+@dataclass
+class ListwiseTerm:
+    """Optional second loss: the teacher's ranking of its top candidates for train queries,
+    weighted by `weight` (see chelation.listwise). `doc_raw` is the whole corpus."""
+
+    targets: RankingTargets
+    doc_raw: np.ndarray
+    weight: float
+    temperature: float
+    queries_per_step: int = 32
+
+
 def fit_adapter(
     adapter: ResidualAdapter,
     raw: np.ndarray,
@@ -66,24 +81,44 @@ def fit_adapter(
     lr: float,
     batch_size: int,
     seed: int,
+    listwise: ListwiseTerm | None = None,
 ) -> float:
-    """Fit `adapter(raw) ~ targets` by MSE with Adam; returns the last epoch's mean loss
-    (NaN when there was nothing to fit)."""
+    """Fit `adapter(raw) ~ targets` by MSE with Adam (plus the listwise term when given); returns
+    the last epoch's mean loss (NaN when there was nothing to fit)."""
     if len(raw) == 0 or epochs == 0:
         return float("nan")
     x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
     optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    extra = _listwise_closure(adapter, listwise, generator) if listwise else None
     adapter.train()
     with one_thread():
-        epoch_loss = _epochs(adapter, optimiser, x, y, epochs, batch_size, generator)
+        epoch_loss = _epochs(adapter, optimiser, x, y, epochs, batch_size, generator, extra)
     adapter.eval()
     return epoch_loss
 
 
+def _listwise_closure(adapter: ResidualAdapter, term: ListwiseTerm, generator: torch.Generator):
+    t = term.targets
+    queries = torch.from_numpy(np.ascontiguousarray(t.query_raw, dtype=np.float32))
+    docs = torch.from_numpy(np.ascontiguousarray(term.doc_raw, dtype=np.float32))
+    candidates = torch.from_numpy(t.candidates.astype(np.int64))
+    probs = torch.from_numpy(t.probs)
+
+    def loss() -> torch.Tensor:
+        pick = torch.randperm(len(queries), generator=generator)[:term.queries_per_step]
+        cand = candidates[pick]
+        q = adapter(queries[pick])
+        d = adapter(docs[cand.reshape(-1)]).reshape(*cand.shape, -1)
+        return term.weight * listwise_kl(q, d, probs[pick], term.temperature)
+
+    return loss
+
+
 def _epochs(adapter: ResidualAdapter, optimiser: torch.optim.Optimizer, x: torch.Tensor,
-            y: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator) -> float:
+            y: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator,
+            extra=None) -> float:
     epoch_loss = float("nan")
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
@@ -91,6 +126,8 @@ def _epochs(adapter: ResidualAdapter, optimiser: torch.optim.Optimizer, x: torch
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
             loss = F.mse_loss(adapter(x[idx]), y[idx])
+            if extra is not None:
+                loss = loss + extra()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -63,6 +63,7 @@ class JobResult:
     encode_time_s: float = 0.0
     setup_time_s: float = 0.0
     distill_time_s: float = 0.0
+    distill_rollbacks: int = 0
     total_time_s: float = 0.0
     n_encoded: int = 0
     n_cached: int = 0
@@ -139,6 +140,7 @@ def run_job(
                 # the validation slice stays unseen: it must judge generalisation to new queries
                 outcome = r.distill(f.fit if settings.training.distill_queries else [])
                 result.fallbacks.append(outcome.fallback)
+                result.distill_rollbacks += int(outcome.rollback)
             result.distill_time_s = time.perf_counter() - t0
         rng = np.random.default_rng(settings.seed)
         bar = tqdm(range(1, settings.cycles + 1), desc=f"{settings.training.mode} cycles",

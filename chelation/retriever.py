@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from chelation.adapter import ResidualAdapter, fit_adapter
+from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
 from chelation.data import RetrievalDataset
 from chelation.engine import VectorIndex
 from chelation.events import CollapseLog
+from chelation.listwise import RankingTargets, teacher_ranking
 from chelation.metrics import mean_and_std, per_query_scores
 from chelation.neighbourhood import (
     adaptive_threshold,
@@ -122,6 +123,7 @@ class ChelatedRetriever:
         self._val_initial = float("nan")
         self._teacher_docs: np.ndarray | None = None
         self._updates = 0
+        self._last_queries: list[str] = []
 
     # ---- phases -------------------------------------------------------------------------------
     def evaluate(self, query_ids: Sequence[str]) -> EvalResult:
@@ -148,6 +150,7 @@ class ChelatedRetriever:
         query_ids = list(query_ids)
         if not query_ids:
             return QueryPhaseResult(0, 0, float("nan"), float("nan"), {}, 0.0)
+        self._last_queries = query_ids
         queries = self.adapter.apply(self.encoded.query_matrix(query_ids))
         hits = self.index.search(queries, cfg.scout_k, with_vectors=True)
         entropies = neighbourhood_entropy(hits.vectors)
@@ -194,7 +197,8 @@ class ChelatedRetriever:
             result.teacher_alignment = self._alignment()
             return result
         result.n_targets = len(positions)
-        self._fit_guarded(raw, targets, cfg.epochs, result)
+        listwise = self._listwise(self._last_queries) if self.mode in TEACHER_MODES else None
+        self._fit_guarded(raw, targets, cfg.epochs, result, listwise)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -217,7 +221,8 @@ class ChelatedRetriever:
             except TeacherUnavailable as err:
                 result.notes.append(f"train queries not distilled: {err}")
         result.n_targets = len(raw)
-        self._fit_guarded(raw, targets, self.settings.training.distill_epochs, result)
+        self._fit_guarded(raw, targets, self.settings.training.distill_epochs, result,
+                          self._listwise(train_query_ids))
         result.seconds = time.perf_counter() - started
         return result
 
@@ -242,13 +247,30 @@ class ChelatedRetriever:
             return None
         return self._teacher_docs
 
+    def _listwise(self, query_ids: Sequence[str]) -> ListwiseTerm | None:
+        """The teacher's ranking of its top candidates for these (train) queries, when the
+        listwise term is on and the teacher is available."""
+        cfg = self.settings.training
+        if cfg.listwise_weight <= 0 or not query_ids or self._teacher_docs is None:
+            return None
+        try:
+            teacher_q = self.teacher.targets([self.dataset.queries[q] for q in query_ids])
+        except TeacherUnavailable as err:
+            log.warning("listwise term skipped: %s", err)
+            return None
+        candidates, probs = teacher_ranking(teacher_q, self._teacher_docs, cfg.listwise_k,
+                                            cfg.listwise_temperature)
+        targets = RankingTargets(self.encoded.query_matrix(list(query_ids)), candidates, probs)
+        return ListwiseTerm(targets, self.encoded.docs, cfg.listwise_weight,
+                            cfg.listwise_temperature)
+
     def _alignment(self) -> float:
         if self._teacher_docs is None:
             return float("nan")
         return mean_cosine(self.adapter.apply(self.encoded.docs), self._teacher_docs)
 
     def _fit_guarded(self, raw: np.ndarray, targets: np.ndarray, epochs: int,
-                     result: SedimentResult) -> None:
+                     result: SedimentResult, listwise: ListwiseTerm | None = None) -> None:
         """Fit, re-index, and keep the update only if the validation slice does not drop by more
         than the guard's tolerance; otherwise restore the previous adapter and index."""
         cfg = self.settings.training
@@ -256,7 +278,8 @@ class ChelatedRetriever:
         result.val_before = self._validation_ndcg()
         self._updates += 1
         result.train_loss = fit_adapter(self.adapter, raw, targets, epochs, cfg.lr,
-                                        cfg.batch_size, seed=self.seed * 100 + self._updates)
+                                        cfg.batch_size, seed=self.seed * 100 + self._updates,
+                                        listwise=listwise)
         self._reindex(result)
         if self.val_query_ids:
             result.val_after = self.evaluate(self.val_query_ids).ndcg_at_10

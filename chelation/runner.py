@@ -75,6 +75,9 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     if mode == "frozen":
         # only the student, data and evaluation protocol decide a frozen run's figures
         exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
+    if not config["training"].get("listwise_weight"):
+        # off by default; keeps the identity of runs made before the term existed
+        exclude = exclude + ("training.listwise_",)
     full = tracking.config_hash(config, exclude)
     group = tracking.config_hash(config, exclude + ("seed",))
     return full, group
@@ -204,6 +207,7 @@ def _job_figures(result: JobResult, numeric_only: bool = False) -> dict[str, Any
         "setup_time_s": result.setup_time_s, "distill_time_s": result.distill_time_s,
         "n_encoded": result.n_encoded, "n_cached": result.n_cached,
         "final_ndcg_at_10": result.cycles[-1].ndcg_at_10 if result.cycles else float("nan"),
+        "distill_rollback": result.distill_rollbacks,
     }
     if not numeric_only:
         figures["fallback"] = result.fallback

@@ -113,6 +113,9 @@ class TrainingSettings:
     distill_epochs: int = 10
     distill_queries: bool = True
     guard_tolerance: float = 0.005
+    listwise_weight: float = 0.0
+    listwise_k: int = 32
+    listwise_temperature: float = 0.05
 
     def validate(self, prefix: str = "training") -> None:
         _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")
@@ -123,6 +126,11 @@ class TrainingSettings:
         _require(self.distill_epochs >= 0, f"{prefix}.distill_epochs", self.distill_epochs, ">= 0")
         _require(self.lr > 0, f"{prefix}.lr", self.lr, "> 0")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.listwise_weight >= 0, f"{prefix}.listwise_weight", self.listwise_weight,
+                 ">= 0")
+        _require(self.listwise_k >= 2, f"{prefix}.listwise_k", self.listwise_k, ">= 2")
+        _require(self.listwise_temperature > 0, f"{prefix}.listwise_temperature",
+                 self.listwise_temperature, "> 0")
         _require(self.guard_tolerance >= 0, f"{prefix}.guard_tolerance", self.guard_tolerance,
                  ">= 0 (use a large value to disable the guard)")
 
