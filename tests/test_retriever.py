@@ -391,3 +391,23 @@ def test_kfold_folds_each_get_their_own_index_in_memory_or_on_disk(
         assert [set(c.per_query) for c in result.cycles] == [set(synthetic.judged_query_ids)] * 2
         assert result.cycles[1].n_targets > 0
     assert [c.per_query for c in memory.cycles] == [c.per_query for c in disk.cycles]
+
+
+def test_listwise_term_changes_offline_distillation(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, teacher768_path: str, fold: Fold
+) -> None:
+    states = {}
+    for weight in (0.0, 1.0):
+        settings = _settings(cache_dir, "offline", "never", teacher768_path,
+                             guard_tolerance=1.0, listwise_weight=weight)
+        teacher = Teacher(CachedEncoder(teacher768_path, cache_dir), "procrustes")
+        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+        try:
+            result = r.distill(fold.fit)
+            assert result.n_targets > 0 and not result.rollback
+            states[weight] = r.index.stored_vectors()
+            np.testing.assert_allclose(states[weight], r.adapter.apply(encoded_synthetic.docs),
+                                       atol=1e-5)
+        finally:
+            r.close()
+    assert np.abs(states[1.0] - states[0.0]).max() > 1e-3
