@@ -695,3 +695,36 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
+    """Every frozen arm (the student, and teachers run as frozen students) paired against the
+    frozen arm of the student the study trains (the student of most non-frozen runs)."""
+    frozen = per_query_df[per_query_df["mode"] == "frozen"]
+    trained = per_query_df.loc[per_query_df["mode"] != "frozen", "student"]
+    if frozen.empty or frozen["student"].nunique() < 2 or trained.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    student = trained.mode().iloc[0]
+    reference = frozen.loc[frozen["student"] == student, "group_hash"]
+    if reference.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    return compare_to_reference(frozen, reference_group=reference.iloc[0])
+
+
+def frozen_models_markdown(table: pd.DataFrame) -> str:
+    """A short markdown section on the frozen models (see `frozen_models_table`)."""
+    if table.empty:
+        return ""
+    lines = ["## The models frozen, for reference", "",
+             "| model | NDCG@10 [95% CI] | diff vs the frozen student [95% CI] | p (t) "
+             "| p (Wilcoxon) |", "|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        is_ref = r["reference"] == "(reference)"
+        lines.append(
+            f"| `{r['student']}` | {_num(r['ndcg_mean'])} [{_num(r['ci_low'])}, "
+            f"{_num(r['ci_high'])}] | "
+            + ("the frozen student |" if is_ref else
+               f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
+               f"{_signed(r['diff_ci_high'])}] |")
+            + (" — | — |" if is_ref else f" {_p(r['p_ttest'])} | {_p(r['p_wilcoxon'])} |"))
+    return "\n".join(lines) + "\n"

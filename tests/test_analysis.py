@@ -478,3 +478,27 @@ def test_run_summary_skips_missing_metrics():
     summary = ca.run_summary(runs)
     assert list(summary.columns) == ["seeds", "ndcg_at_10"]
     assert summary.loc[("frozen", "frozen/minilm"), "seeds"] == 3
+
+
+def test_frozen_models_table_pairs_each_frozen_model_with_the_trained_student():
+    rows = []
+    queries = [f"q{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, size=len(queries))
+    arms = [("frozen", "minilm", "g-minilm", 0.0), ("frozen", "mpnet", "g-mpnet", 0.05),
+            ("hybrid", "minilm", "g-hybrid", 0.01)]
+    for mode, student, group, shift in arms:
+        for seed in (0, 1):
+            for q, b in zip(queries, base, strict=True):
+                rows.append({"group_hash": group, "seed": seed, "cycle": 1, "query_id": q,
+                             "ndcg_at_10": b + shift + rng.normal(0, 0.01), "mode": mode,
+                             "student": student, "config_label": f"{mode}/{student}"})
+    table = ca.frozen_models_table(pd.DataFrame(rows))
+    assert set(table["student"]) == {"minilm", "mpnet"}
+    mpnet = table[table["student"] == "mpnet"].iloc[0]
+    assert mpnet["reference"] == "frozen/minilm"
+    assert mpnet["diff_vs_frozen"] == pytest.approx(0.05, abs=0.01)
+    assert mpnet["p_ttest"] < 0.001
+    text = ca.frozen_models_markdown(table)
+    assert "`mpnet`" in text and "the frozen student" in text
+    assert ca.frozen_models_table(pd.DataFrame(rows[:60])).empty  # one frozen model only
