@@ -129,8 +129,34 @@ def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat([raw[front], short, raw[rest]], axis=1)
     if out.empty:
         return out
+    out["config_label"] = disambiguated_labels(out)
     return out.sort_values(["mode", "config_label", "seed"], na_position="last",
                            ignore_index=True)
+
+
+# Params that never tell configurations apart (bookkeeping, or covered by the label already).
+_LABEL_IGNORES = ("seed", "tracking.", "cache_dir", "engine.", "show_progress", "dataset.path")
+
+
+def disambiguated_labels(runs: pd.DataFrame) -> pd.Series:
+    """`config_label`, extended where configurations (group_hash) share a label: each gets the
+    params in which they differ, e.g. `offline/mpnet/procrustes [training.lr=0.003]`. Params a
+    run lacks (logged before the key existed) count as their value in the other runs only when
+    no run sets them otherwise."""
+    labels = runs["config_label"].astype(object).copy()
+    params = [c for c in runs.columns if c.startswith("params.")
+              and not c.removeprefix("params.").startswith(_LABEL_IGNORES)]
+    for label, same in runs.groupby("config_label", dropna=True):
+        groups = same.drop_duplicates("group_hash")
+        if len(groups) < 2:
+            continue
+        varying = [c for c in params if groups[c].dropna().nunique() > 1]
+        for _, g in groups.iterrows():
+            extra = ", ".join(f"{c.removeprefix('params.')}={g[c]}" for c in varying
+                              if pd.notna(g[c]))
+            if extra:
+                labels[runs["group_hash"] == g["group_hash"]] = f"{label} [{extra}]"
+    return labels
 
 
 def run_summary(runs: pd.DataFrame, metrics: Sequence[str] = ("ndcg_at_10", "val_ndcg_at_10")

@@ -502,3 +502,17 @@ def test_frozen_models_table_pairs_each_frozen_model_with_the_trained_student():
     text = ca.frozen_models_markdown(table)
     assert "`mpnet`" in text and "the frozen student" in text
     assert ca.frozen_models_table(pd.DataFrame(rows[:60])).empty  # one frozen model only
+
+
+def test_labels_shared_by_different_configurations_get_their_differing_params():
+    runs = pd.DataFrame({
+        "config_label": ["offline/mpnet", "offline/mpnet", "offline/mpnet", "baseline"],
+        "group_hash": ["a", "a", "b", "c"],
+        "params.training.lr": ["0.001", "0.001", "0.003", "0.001"],
+        "params.seed": ["0", "1", "0", "0"],
+        "params.training.epochs": ["10", "10", "10", "10"],
+    })
+    labels = ca.disambiguated_labels(runs)
+    assert list(labels) == ["offline/mpnet [training.lr=0.001]",
+                            "offline/mpnet [training.lr=0.001]",
+                            "offline/mpnet [training.lr=0.003]", "baseline"]
