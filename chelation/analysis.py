@@ -649,21 +649,21 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
     if not is_curve.any():
         return None
     panels = [(k, p) for k, p in _panels(runs) if is_curve.loc[p.index].any()]
-    fig, axes = _new_figure(len(panels))
+    fig, axes = _new_figure(len(panels), width=7.0, height=6.5)
     for ax, (key, part) in zip(axes, panels, strict=True):
         colours = (f"C{i % 10}" for i in range(1000))
         curve = part[is_curve.loc[part.index]]
-        for (teacher, projection), line in curve.groupby(["teacher", "projection"],
-                                                         dropna=False):
+        variant = curve["config_label"].str.replace(r"constant:[0-9.]+", "w", regex=True)
+        for name, line in curve.groupby(variant, dropna=False):
             agg = line.groupby("weight")[column].agg(["mean", "std"]).sort_index()
             drawn = ax.plot(agg.index, agg["mean"], marker="o", color=next(colours),
-                            label=f"hybrid/{teacher}/w/{projection} "
-                                  f"(n={line['seed'].nunique()})")[0]
+                            label=f"{name} (n={line['seed'].nunique()})")[0]
             ax.fill_between(agg.index, agg["mean"] - agg["std"].fillna(0),
                             agg["mean"] + agg["std"].fillna(0), color=drawn.get_color(),
                             alpha=0.15)
             ax.scatter(line["weight"], line[column], s=10, color=drawn.get_color(), alpha=0.5)
-        others = part[~is_curve.loc[part.index]]
+        # the arms every curve is read against; other configurations are in the table
+        others = part[part["mode"].isin(["frozen", "baseline"])]
         styles = {"frozen": "-", "baseline": "--", "offline": ":", "hybrid": "-."}
         for _, ref in sorted(others.groupby("group_hash"), key=lambda kv: _order(kv[1])):
             values = ref[column].dropna()
@@ -680,7 +680,7 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
         ax.set_ylabel(f"{metric} (final cycle, test)")
         ax.set_title(_panel_title(key))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return fig
 
 
@@ -694,8 +694,10 @@ def plot_ndcg_per_cycle(history: pd.DataFrame, runs: pd.DataFrame,
     frame = history.merge(meta, on="run_id", how="inner")
     if frame.empty:
         return None
-    panels = _panels(frame)
-    fig, axes = _new_figure(len(panels), width=7.5)
+    # one panel per (dataset, student, mode): a study has dozens of configurations
+    panels = [((*key, mode), p) for key, part in _panels(frame)
+              for mode, p in sorted(part.groupby("mode"), key=lambda kv: _order(kv[1]))]
+    fig, axes = _new_figure(len(panels), width=6.0, height=7.0)
     for ax, (key, part) in zip(axes, panels, strict=True):
         for label, conf in part.groupby("config_label", sort=True):
             agg = conf.groupby("step")["value"].agg(["mean", "std"]).sort_index()
@@ -711,7 +713,7 @@ def plot_ndcg_per_cycle(history: pd.DataFrame, runs: pd.DataFrame,
         ax.set_title(_panel_title(key))
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return fig
 
 

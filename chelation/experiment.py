@@ -61,6 +61,7 @@ class CycleRecord:
 class JobResult:
     cycles: list[CycleRecord] = field(default_factory=list)
     encode_time_s: float = 0.0
+    teacher_encode_time_s: float = 0.0
     setup_time_s: float = 0.0
     distill_time_s: float = 0.0
     distill_rollbacks: int = 0
@@ -158,6 +159,7 @@ def run_job(
             r.close()
         if teacher is not None:
             result.n_encoded += teacher.encoder.n_encoded
+            result.teacher_encode_time_s = teacher.encoder.encode_seconds
             result.encode_time_s += teacher.encoder.encode_seconds
     result.encode_time_s += student.encode_seconds
     result.n_encoded += student.n_encoded
