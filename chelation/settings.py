@@ -41,7 +41,7 @@ class TeacherSettings:
 
     name: str = "minilm"
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    batch_size: int = 32
+    batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
     projection: str = "procrustes"
 
     def validate(self, prefix: str = "teacher") -> None:

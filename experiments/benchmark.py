@@ -58,7 +58,8 @@ def worker_job(args: argparse.Namespace) -> dict:
     dataset = load_beir(args.data)
     settings = RunSettings(
         seed=0, cycles=3, queries_per_cycle=50, cache_dir=args.cache,
-        teacher=TeacherSettings(name="bench", model=args.teacher, batch_size=32),
+        teacher=TeacherSettings(name="bench", model=args.teacher,
+                                batch_size=args.teacher_batch_size),
         training=TrainingSettings(mode=args.mode, epochs=10),
     )
     work = time.perf_counter()
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--mode", default="baseline")
     parser.add_argument("--cache")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--teacher-batch-size", type=int, default=8)
     parser.add_argument("--render", action="store_true",
                         help="only re-render benchmark.md from the JSON in --out")
     args = parser.parse_args()
@@ -141,7 +143,8 @@ def main() -> None:
                     "cpu_count": os.cpu_count(), "floor": {}, "jobs": {}}
     root = Path(tempfile.mkdtemp(prefix="chelation-bench-"))
     try:
-        for name, model, bs in (("student", STUDENT, 64), ("teacher", args.teacher, 32)):
+        for name, model, bs in (("student", STUDENT, 64),
+                                ("teacher", args.teacher, args.teacher_batch_size)):
             cache = root / f"floor-{name}"
             report["floor"][name] = _spawn("--worker", "floor", "--data", args.data,
                                            "--model", model, "--cache", str(cache),
@@ -151,7 +154,8 @@ def main() -> None:
         for mode in args.modes.split(","):
             cold_cache = root / f"cold-{mode}"
             common = ("--worker", "job", "--data", args.data, "--mode", mode,
-                      "--teacher", args.teacher)
+                      "--teacher", args.teacher,
+                      "--teacher-batch-size", str(args.teacher_batch_size))
             cold = _spawn(*common, "--cache", str(cold_cache))
             shutil.copytree(cold_cache, warm_cache, dirs_exist_ok=True)
             warm = _spawn(*common, "--cache", str(warm_cache))
