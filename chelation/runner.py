@@ -22,7 +22,8 @@ from chelation.settings import RunSettings
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a job computes: excluded from its identity.
-_NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress")
+_NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress", "student.batch_size",
+                 "teacher.batch_size")
 # Keys that only matter to some modes: a frozen run is the same whatever teacher weight is set.
 _MODE_IRRELEVANT = {
     "frozen": ("teacher.", "weight.", "training.", "chelation.", "adapter."),
