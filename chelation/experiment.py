@@ -104,11 +104,11 @@ def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> Encoded
     return EncodedDataset(dataset, docs, dict(zip(qids, queries, strict=True)))
 
 
-def build_teacher(settings: RunSettings) -> Teacher | None:
+def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher | None:
     if settings.training.mode not in ("offline", "hybrid"):
         return None
     encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
-                            batch_size=settings.teacher.batch_size)
+                            batch_size=settings.teacher.batch_size, show_progress=show_progress)
     return Teacher(encoder, settings.teacher.projection)
 
 
@@ -127,7 +127,7 @@ def run_job(
                             max_seq_length=settings.student.max_seq_length,
                             show_progress=show_progress)
     encoded = encode_dataset(dataset, student)
-    teacher = build_teacher(settings)
+    teacher = build_teacher(settings, show_progress)
     folds = make_folds(dataset.judged_query_ids, settings)
     retrievers = [ChelatedRetriever(encoded, settings, teacher, f.val, fold=i)
                   for i, f in enumerate(folds)]
