@@ -187,7 +187,7 @@ def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
         recalls.extend([ev.recall_at_100] * len(f.test))
         record.eval_time_s += ev.seconds
         if f.val:
-            vals.append(r._validation_ndcg())
+            vals.append(r.validation_ndcg())
     record.per_query = per_query
     record.ndcg_at_10, record.ndcg_at_10_std = mean_and_std(list(per_query.values()))
     record.recall_at_100 = float(np.mean(recalls)) if recalls else float("nan")

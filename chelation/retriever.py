@@ -275,7 +275,7 @@ class ChelatedRetriever:
         than the guard's tolerance; otherwise restore the previous adapter and index."""
         cfg = self.settings.training
         before_state = self.adapter.snapshot()
-        result.val_before = self._validation_ndcg()
+        result.val_before = self.validation_ndcg()
         self._updates += 1
         result.train_loss = fit_adapter(self.adapter, raw, targets, epochs, cfg.lr,
                                         cfg.batch_size, seed=self.seed * 100 + self._updates,
@@ -296,7 +296,8 @@ class ChelatedRetriever:
             self._val_ndcg = result.val_before if result.rollback else result.val_after
         result.teacher_alignment = self._alignment()
 
-    def _validation_ndcg(self) -> float:
+    def validation_ndcg(self) -> float:
+        """NDCG@10 of the accepted adapter on the validation slice (NaN without one)."""
         if not self.val_query_ids:
             return float("nan")
         if self._val_ndcg is None:
