@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,7 +27,11 @@ def settings_from(cfg: DictConfig) -> ExperimentConfig:
     return OmegaConf.to_object(cfg)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# An absolute path: a console script gives Hydra no calling file to resolve "../conf" against.
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     settings = settings_from(cfg)
     hydra_cfg = HydraConfig.get()

@@ -197,3 +197,18 @@ def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
     text = report.read_text()
     for label in ("hybrid/minilm/constant:0.2/procrustes", "offline/minilm/procrustes"):
         assert label in text
+
+
+def test_console_script_runs_a_first_job(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "chelation-train"
+    if not script.exists():
+        pytest.skip("the package is not installed with its console scripts")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp_path / "cache"))
+    done = subprocess.run([str(script), "cycles=1", "show_progress=false", f"cache_dir={cache}",
+                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = list((tmp_path / "outputs").glob("*/*/results.json"))
+    assert len(results) == 1
+    assert '"cycle": 1' in results[0].read_text()
