@@ -236,10 +236,10 @@ class ChelatedRetriever:
             result.notes.append("no teacher configured")
             return None
         try:
-            texts = [self.dataset.corpus[d] for d in self.dataset.doc_ids]
-            if self.teacher.matrix is None:
+            if self.teacher.corpus_targets is None:
+                texts = [self.dataset.corpus[d] for d in self.dataset.doc_ids]
                 self.teacher.fit(texts, self.encoded.docs)
-            self._teacher_docs = self.teacher.targets(texts)
+            self._teacher_docs = self.teacher.corpus_targets
         except TeacherUnavailable as err:
             log.warning("%s; falling back to baseline targets", err)
             result.fallback = "baseline"

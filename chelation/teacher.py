@@ -26,6 +26,8 @@ class Teacher:
         self.encoder = encoder
         self.projection_kind = projection
         self.matrix: np.ndarray | None = None
+        # the fitted corpus in the student's frame: every fold of a job reads the same targets
+        self.corpus_targets: np.ndarray | None = None
         self.teacher_dim: int | None = None
 
     @property
@@ -48,6 +50,7 @@ class Teacher:
             log.info("teacher is %d wide, student %d: mapping by %s", self.teacher_dim,
                      student_corpus.shape[1], self.projection_kind)
         self.matrix = fit_projection(self.projection_kind, teacher_corpus, student_corpus)
+        self.corpus_targets = project(teacher_corpus, self.matrix)
 
     def targets(self, texts: Sequence[str]) -> np.ndarray:
         """Teacher embeddings of `texts` in the student's frame, unit length."""
