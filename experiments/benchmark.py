@@ -81,38 +81,45 @@ def worker_job(args: argparse.Namespace) -> dict:
     }
 
 
-def _spawn(*argv: str) -> dict:
-    """Run a worker in a fresh interpreter; wall time includes imports and model loading."""
+def _timed_module(module: str, args: list[str], cwd: Path,
+                  extra_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m module args` in a fresh interpreter, offline; wall time includes imports and
+    model loading. Raises with the end of stderr if it fails."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", **extra_env}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "experiments.benchmark", *argv], env=env,
-                         capture_output=True, text=True, check=False, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True,
+                         text=True, check=False, cwd=cwd)
     wall = time.perf_counter() - started
     if out.returncode != 0:
-        raise RuntimeError(f"worker {argv} failed:\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"{module} {args} failed:\n{out.stderr[-4000:]}")
+    return out, wall
+
+
+def _spawn(*argv: str) -> dict:
+    """Run a benchmark worker; its record gains the process's wall time."""
+    out, wall = _timed_module("experiments.benchmark", list(argv), REPO, {})
     record = json.loads(out.stdout.strip().splitlines()[-1])
     record["process_wall_s"] = wall
     return record
 
 
+SWEEP_MODES = ("baseline", "offline", "hybrid")
+SWEEP_WEIGHTS = ("0.1", "0.3", "0.5", "0.7", "0.9")
+
+
 def run_sweep(data: str, cache: str, workdir: Path, teacher: str) -> dict:
-    overrides = ["-m", "mode=baseline,offline,hybrid", "weight.value=0.1,0.3,0.5,0.7,0.9",
+    overrides = ["-m", f"mode={','.join(SWEEP_MODES)}", f"weight.value={','.join(SWEEP_WEIGHTS)}",
                  "dataset=cranfield", f"cache_dir={cache}", f"teacher.model={teacher}",
                  f"tracking.uri=sqlite:///{workdir}/mlflow.db", "tracking.experiment=bench",
                  "show_progress=false", f"hydra.sweep.dir={workdir}/multirun"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHELATION_DATA": str(Path(data).parent)}
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "experiments.train", *overrides], env=env,
-                         capture_output=True, text=True, cwd=workdir, check=False)
-    wall = time.perf_counter() - started
-    if out.returncode != 0:
-        raise RuntimeError(f"sweep failed:\n{out.stderr[-4000:]}")
-    log = out.stdout + out.stderr
-    skipped = log.count("skipping")
-    return {"launched": 15, "ran": 15 - skipped, "skipped_as_same_config": skipped,
-            "wall_s": wall, "per_launched_job_s": wall / 15,
-            "per_run_job_s": wall / max(15 - skipped, 1)}
+    out, wall = _timed_module("experiments.train", overrides, workdir,
+                              {"CHELATION_DATA": str(Path(data).parent)})
+    launched = len(SWEEP_MODES) * len(SWEEP_WEIGHTS)
+    skipped = (out.stdout + out.stderr).count("skipping")
+    return {"launched": launched, "ran": launched - skipped, "skipped_as_same_config": skipped,
+            "wall_s": wall, "per_launched_job_s": wall / launched,
+            "per_run_job_s": wall / max(launched - skipped, 1)}
 
 
 def main() -> None:
