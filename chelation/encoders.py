@@ -79,9 +79,13 @@ class CachedEncoder:
         self.n_cached = 0
         self.encode_seconds = 0.0
 
+    def model(self):  # -> SentenceTransformer
+        """The model itself (loaded once per process), for work the cache cannot serve."""
+        return load_model(self.resolved, self.max_seq_length)
+
     @property
     def dim(self) -> int:
-        model = load_model(self.resolved, self.max_seq_length)
+        model = self.model()
         get_dim = getattr(model, "get_embedding_dimension", None) \
             or model.get_sentence_embedding_dimension
         return int(get_dim())
@@ -104,7 +108,7 @@ class CachedEncoder:
         """Encode in chunks, each saved as a cache shard as soon as it is done, so an interrupted
         encode resumes where it stopped."""
         started = time.perf_counter()
-        model = load_model(self.resolved, self.max_seq_length)
+        model = self.model()
         log.info("encoding %d texts with %s", len(texts), self.name)
         with tqdm(total=len(texts), desc=f"encoding {desc or 'texts'} ({self.name})",
                   unit="text", disable=not self.show_progress) as bar:

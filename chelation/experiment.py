@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,9 +19,11 @@ from chelation.data import (
     split_queries,
     validation_slice,
 )
+from chelation.documents import DocumentChoice, document_vectors
 from chelation.encoders import CachedEncoder
 from chelation.metrics import mean_and_std
-from chelation.retriever import ChelatedRetriever, EncodedDataset, SedimentResult
+from chelation.query_cost import QueryCost, measure_query_cost
+from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
 from chelation.schedules import teacher_weight_at
 from chelation.settings import RunSettings
 from chelation.teacher import Teacher
@@ -70,6 +72,7 @@ class JobResult:
     n_cached: int = 0
     fallbacks: list[str] = field(default_factory=list)
     adapter_states: list[dict] = field(default_factory=list)
+    query_cost: QueryCost | None = None
 
     @property
     def fallback(self) -> str:
@@ -84,8 +87,17 @@ class Fold:
     test: list[str]
 
 
-def make_folds(query_ids: list[str], settings: RunSettings) -> list[Fold]:
-    if settings.protocol == "kfold":
+def make_folds(query_ids: list[str], settings: RunSettings,
+               train_query_ids: Sequence[str] = ()) -> list[Fold]:
+    """The (fit, validation, test) query sets of each fold. `split` and `kfold` divide the judged
+    `query_ids`; `official` trains on the dataset's own `train_query_ids` (a validation slice of
+    them judges the guard and model selection) and tests on every one of `query_ids`."""
+    if settings.protocol == "official":
+        if not train_query_ids:
+            raise ValueError("protocol=official needs a dataset with its own train queries "
+                             "(set dataset.train_split, e.g. train for SciFact)")
+        pairs = [(list(train_query_ids), list(query_ids))]
+    elif settings.protocol == "kfold":
         pairs = kfold_queries(query_ids, settings.folds, settings.seed)
     else:
         pairs = [split_queries(query_ids, settings.test_fraction, settings.seed)]
@@ -99,13 +111,13 @@ def make_folds(query_ids: list[str], settings: RunSettings) -> list[Fold]:
 
 def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> EncodedDataset:
     docs = encoder.encode([dataset.corpus[d] for d in dataset.doc_ids], desc="corpus")
-    qids = dataset.judged_query_ids
+    qids = dataset.all_query_ids
     queries = encoder.encode([dataset.queries[q] for q in qids], desc="queries")
     return EncodedDataset(dataset, docs, dict(zip(qids, queries, strict=True)))
 
 
 def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher | None:
-    if settings.training.mode not in ("offline", "hybrid"):
+    if not settings.needs_teacher:
         return None
     encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
                             batch_size=settings.teacher.batch_size, show_progress=show_progress)
@@ -128,9 +140,12 @@ def run_job(
                             show_progress=show_progress)
     encoded = encode_dataset(dataset, student)
     teacher = build_teacher(settings, show_progress)
-    folds = make_folds(dataset.judged_query_ids, settings)
-    retrievers = [ChelatedRetriever(encoded, settings, teacher, f.val, fold=i)
-                  for i, f in enumerate(folds)]
+    folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
+    fold_data = _fold_documents(encoded, folds, settings, teacher)
+    result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != "none")
+    retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
+                                    f.val, fold=i)
+                  for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
     result.setup_time_s = time.perf_counter() - started
 
     try:
@@ -153,6 +168,11 @@ def run_job(
             result.fallbacks.append(record.fallback)
             bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
             _record(result, on_cycle, record)
+        if settings.query_cost_sample:
+            sample = folds[0].test[:settings.query_cost_sample]
+            result.query_cost = measure_query_cost(
+                student, retrievers[0].adapter, retrievers[0].index,
+                [dataset.queries[q] for q in sample], EVAL_DEPTH)
     finally:
         result.adapter_states = [r.adapter.state_dict() for r in retrievers]
         for r in retrievers:
@@ -166,6 +186,28 @@ def run_job(
     result.n_cached = student.n_cached
     result.total_time_s = time.perf_counter() - started
     return result
+
+
+def _fold_documents(encoded: EncodedDataset, folds: list[Fold], settings: RunSettings,
+                    teacher: Teacher | None) -> list[DocumentChoice]:
+    """Each fold's index documents. Without `index.fit_queries` every fold shares one choice;
+    with it, each fold's projection also sees that fold's training queries (never its test or
+    validation queries)."""
+    dataset = encoded.dataset
+    corpus_texts = [dataset.corpus[d] for d in dataset.doc_ids]
+    shared: DocumentChoice | None = None
+    choices = []
+    for fold in folds:
+        if settings.index.fit_queries:
+            choice = document_vectors(encoded.student_docs, settings.index, teacher, corpus_texts,
+                                      [dataset.queries[q] for q in fold.fit],
+                                      encoded.query_matrix(fold.fit))
+        else:
+            shared = shared or document_vectors(encoded.student_docs, settings.index, teacher,
+                                                corpus_texts)
+            choice = shared
+        choices.append(choice)
+    return choices
 
 
 def _record(result: JobResult, on_cycle, record: CycleRecord) -> None:

@@ -25,23 +25,33 @@ from chelation.neighbourhood import (
     neighbourhood_entropy,
     should_chelate,
 )
-from chelation.settings import EngineSettings, RunSettings
+from chelation.settings import TEACHER_MODES, EngineSettings, RunSettings
 from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher, TeacherUnavailable
 
 log = logging.getLogger(__name__)
 
 EVAL_DEPTH = 100
-TEACHER_MODES = ("offline", "hybrid")
 
 
 @dataclass
 class EncodedDataset:
-    """Raw student embeddings of a dataset: the corpus in doc order and every judged query."""
+    """Raw embeddings of a dataset: the index's documents in doc order (the student's unless
+    `index.documents` chose the teacher's or a blend) and the student's embedding of every
+    query. `student_docs` are the student's own documents, whatever `docs` hold."""
 
     dataset: RetrievalDataset
     docs: np.ndarray
     queries: dict[str, np.ndarray]
+    student_docs: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.student_docs is None:
+            self.student_docs = self.docs
+
+    def with_documents(self, docs: np.ndarray) -> EncodedDataset:
+        """The same dataset and queries with other document vectors in the index."""
+        return replace(self, docs=docs, student_docs=self.student_docs)
 
     def query_matrix(self, query_ids: Sequence[str]) -> np.ndarray:
         return np.stack([self.queries[q] for q in query_ids]) if query_ids else \
@@ -236,9 +246,8 @@ class ChelatedRetriever:
             result.notes.append("no teacher configured")
             return None
         try:
-            if self.teacher.corpus_targets is None:
-                texts = [self.dataset.corpus[d] for d in self.dataset.doc_ids]
-                self.teacher.fit(texts, self.encoded.docs)
+            texts = [self.dataset.corpus[d] for d in self.dataset.doc_ids]
+            self.teacher.ensure_fitted(texts, self.encoded.student_docs)
             self._teacher_docs = self.teacher.corpus_targets
         except TeacherUnavailable as err:
             log.warning("%s; falling back to baseline targets", err)

@@ -17,13 +17,13 @@ import yaml
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
 from chelation.experiment import CycleRecord, JobResult, run_job
-from chelation.settings import RunSettings
+from chelation.settings import IndexSettings, RunSettings
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a job computes: excluded from its identity.
 _NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress", "student.batch_size",
-                 "teacher.batch_size")
+                 "teacher.batch_size", "query_cost_sample")
 # Keys that only matter to some modes: a frozen run is the same whatever teacher weight is set.
 _MODE_IRRELEVANT = {
     "frozen": ("teacher.", "weight.", "training.", "chelation.", "adapter."),
@@ -42,8 +42,9 @@ class DatasetSpec:
     kind: str = "synthetic"
     path: str | None = None
     split: str = "test"
-    task: str | None = None
+    task: str | None = None  # for `beir`: the MTEB task to load when `path` does not exist
     seed: int = 0
+    train_split: str | None = None  # the collection's own training queries (protocol=official)
 
 
 @dataclass
@@ -57,15 +58,19 @@ class TrackingTarget:
 
 
 def load_dataset(kind: str, name: str, path: str | None = None, split: str = "test",
-                 task: str | None = None, seed: int = 0) -> RetrievalDataset:
+                 task: str | None = None, seed: int = 0,
+                 train_split: str | None = None) -> RetrievalDataset:
     if kind == "synthetic":
         return make_synthetic(seed)
     if kind == "beir":
         if not path:
             raise ValueError(f"dataset.path must name a BEIR folder for dataset {name!r}")
-        return load_beir(path, split, name=name)
+        if task and not Path(path).expanduser().is_dir():
+            log.info("no BEIR folder at %s: loading the MTEB task %s", path, task)
+            return load_mteb(task, split, train_split=train_split)
+        return load_beir(Path(path).expanduser(), split, name=name, train_split=train_split)
     if kind == "mteb":
-        return load_mteb(task or name, split)
+        return load_mteb(task or name, split, train_split=train_split)
     raise ValueError(f"dataset.kind={kind!r} is not one of ['synthetic', 'beir', 'mteb']")
 
 
@@ -73,6 +78,18 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     """(config_hash, group_hash): the job's identity, and the same without the seed."""
     mode = config["training"]["mode"]
     exclude = _NOT_IDENTITY + _MODE_IRRELEVANT.get(mode, ())
+    index = IndexSettings(**config.get("index", {}))
+    if index.document_weight > 0 and "teacher." in exclude:
+        # the teacher makes the documents even where the mode trains on no teacher targets
+        exclude = tuple(k for k in exclude if k != "teacher.")
+    # the index's documents enter as one number, the teacher's share: `student` is a blend at 0
+    exclude = exclude + ("index.documents", "index.teacher_weight")
+    if index.document_weight == 0:
+        exclude = exclude + ("index.fit_queries",)
+    config = {**config, "index_document_weight": index.document_weight}
+    if index.document_weight == 0:
+        # runs made before index documents existed keep their identity
+        exclude = exclude + ("index_document_weight",)
     if mode == "frozen":
         # only the student, data and evaluation protocol decide a frozen run's figures
         exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
@@ -90,6 +107,9 @@ def config_label(settings: RunSettings) -> str:
     parts = [mode]
     if mode == "frozen":
         parts.append(student)
+    if settings.index.document_weight > 0:
+        fit = "+queries" if settings.index.fit_queries else ""
+        parts.append(f"docs:{settings.teacher.name}{fit}@{settings.index.document_weight:g}")
     if mode in ("offline", "hybrid"):
         parts.append(settings.teacher.name)
     if mode == "hybrid":
@@ -194,6 +214,8 @@ def _tags(settings: RunSettings, spec: Mapping[str, Any], full_hash: str, group_
         "schedule": settings.weight.schedule,
         "projection": settings.teacher.projection,
         "protocol": settings.protocol,
+        "index_documents": settings.index.documents,
+        "index_teacher_weight": f"{settings.index.document_weight:g}",
         "config_hash": full_hash,
         "group_hash": group_hash,
         "config_label": label,
@@ -210,6 +232,9 @@ def _job_figures(result: JobResult, numeric_only: bool = False) -> dict[str, Any
         "final_ndcg_at_10": result.cycles[-1].ndcg_at_10 if result.cycles else float("nan"),
         "distill_rollback": result.distill_rollbacks,
     }
+    if result.query_cost is not None:
+        figures["query_encode_ms"] = result.query_cost.encode_ms
+        figures["query_search_ms"] = result.query_cost.search_ms
     if not numeric_only:
         figures["fallback"] = result.fallback
     return figures

@@ -7,10 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 MODES = ("frozen", "baseline", "offline", "hybrid")
+TEACHER_MODES = ("offline", "hybrid")  # the modes whose training targets come from a teacher
 TRIGGERS = ("adaptive", "always", "never")
 PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
-PROTOCOLS = ("split", "kfold")
+PROTOCOLS = ("split", "kfold", "official")
+# What the index holds for each document (queries are always the student's): see chelation.documents
+DOCUMENT_KINDS = ("student", "teacher", "blend")
 
 
 class SettingsError(ValueError):
@@ -145,6 +148,31 @@ class EngineSettings:
 
 
 @dataclass
+class IndexSettings:
+    """The document vectors the index is built from: the student's own (`student`), the teacher's
+    projected into the student's frame (`teacher`), or `blend`:
+    `normalize((1 - teacher_weight) * student + teacher_weight * teacher)`. These vectors are the
+    "raw" documents that the adapter, chelation and sedimentation work on; queries stay the
+    student's, so a query costs one student encoding whatever is chosen. `fit_queries` fits the
+    teacher's projection on the corpus plus the training queries' texts (no labels)."""
+
+    documents: str = "student"
+    teacher_weight: float = 0.5
+    fit_queries: bool = False
+
+    def validate(self, prefix: str = "index") -> None:
+        _require(self.documents in DOCUMENT_KINDS, f"{prefix}.documents", self.documents,
+                 f"one of {list(DOCUMENT_KINDS)}")
+        _require(0.0 <= self.teacher_weight <= 1.0, f"{prefix}.teacher_weight",
+                 self.teacher_weight, "a teacher weight in [0, 1]")
+
+    @property
+    def document_weight(self) -> float:
+        """The teacher's share of every indexed document: 0 for `student`, 1 for `teacher`."""
+        return {"student": 0.0, "teacher": 1.0}.get(self.documents, self.teacher_weight)
+
+
+@dataclass
 class RunSettings:
     """Everything one job needs besides the data: the library's whole configuration."""
 
@@ -163,6 +191,14 @@ class RunSettings:
     chelation: ChelationSettings = field(default_factory=ChelationSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    # test queries encoded one at a time (bypassing the cache) to price a query at serving time
+    query_cost_sample: int = 32
+
+    @property
+    def needs_teacher(self) -> bool:
+        """The teacher is loaded for teacher training targets or for teacher documents."""
+        return self.training.mode in TEACHER_MODES or self.index.document_weight > 0
 
     def validate(self) -> RunSettings:
         _require(self.cycles >= 0, "cycles", self.cycles, ">= 0")
@@ -173,6 +209,7 @@ class RunSettings:
         _require(self.folds >= 2, "folds", self.folds, ">= 2")
         _require(0.0 <= self.validation_fraction < 1.0, "validation_fraction",
                  self.validation_fraction, "a fraction in [0, 1)")
+        _require(self.query_cost_sample >= 0, "query_cost_sample", self.query_cost_sample, ">= 0")
         for f in fields(self):
             part = getattr(self, f.name)
             if hasattr(part, "validate"):

@@ -26,6 +26,7 @@ class Teacher:
         self.encoder = encoder
         self.projection_kind = projection
         self.matrix: np.ndarray | None = None
+        self.corpus_raw: np.ndarray | None = None  # the teacher's own embeddings of the corpus
         # the fitted corpus in the student's frame: every fold of a job reads the same targets
         self.corpus_targets: np.ndarray | None = None
         self.teacher_dim: int | None = None
@@ -45,12 +46,18 @@ class Teacher:
         teacher_corpus = self.embed(corpus_texts)
         if len(teacher_corpus) != len(student_corpus):
             raise ValueError("teacher and student corpus embeddings are not paired")
+        self.corpus_raw = teacher_corpus
         self.teacher_dim = teacher_corpus.shape[1]
         if self.teacher_dim != student_corpus.shape[1]:
             log.info("teacher is %d wide, student %d: mapping by %s", self.teacher_dim,
                      student_corpus.shape[1], self.projection_kind)
         self.matrix = fit_projection(self.projection_kind, teacher_corpus, student_corpus)
         self.corpus_targets = project(teacher_corpus, self.matrix)
+
+    def ensure_fitted(self, corpus_texts: Sequence[str], student_corpus: np.ndarray) -> None:
+        """Fit on the corpus unless already fitted (every fold of a job shares one fit)."""
+        if self.matrix is None:
+            self.fit(corpus_texts, student_corpus)
 
     def targets(self, texts: Sequence[str]) -> np.ndarray:
         """Teacher embeddings of `texts` in the student's frame, unit length."""

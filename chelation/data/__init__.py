@@ -1,7 +1,7 @@
 """Retrieval datasets: BEIR folders, MTEB tasks, a synthetic collection, and query splits."""
 
 from chelation.data.beir import load_beir
-from chelation.data.dataset import DatasetError, RetrievalDataset
+from chelation.data.dataset import DatasetError, RetrievalDataset, with_train_queries
 from chelation.data.mteb_loader import load_mteb
 from chelation.data.splits import kfold_queries, split_queries, validation_slice
 from chelation.data.synthetic import make_synthetic
@@ -15,4 +15,5 @@ __all__ = [
     "make_synthetic",
     "split_queries",
     "validation_slice",
+    "with_train_queries",
 ]

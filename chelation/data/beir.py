@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chelation.data.dataset import DatasetError, RetrievalDataset, finalise
+from chelation.data.dataset import DatasetError, RetrievalDataset, finalise, with_train_queries
 
 __all__ = ["load_beir"]
 
@@ -137,13 +137,15 @@ def _read_qrels(
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> RetrievalDataset:
+def load_beir(folder: str | Path, split: str = "test", name: str | None = None,
+              train_split: str | None = None) -> RetrievalDataset:
     """Load a BEIR-layout collection.
 
     Args:
         folder: directory holding ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/``.
         split: which ``qrels/<split>.tsv`` to read.
         name: dataset name; defaults to the folder's name.
+        train_split: a ``qrels/<train_split>.tsv`` whose queries become ``train_query_ids``.
 
     Returns:
         The dataset, with only the queries that have a positive judgment in ``split``.
@@ -156,12 +158,17 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     queries = _read_queries(root / "queries.jsonl")
     qrels = _read_qrels(root / "qrels" / f"{split}.tsv", corpus, queries)
     dataset = finalise(name or root.resolve().name, corpus, queries, qrels)
+    if train_split:
+        train_path = root / "qrels" / f"{train_split}.tsv"
+        train = finalise(dataset.name, corpus, queries, _read_qrels(train_path, corpus, queries))
+        dataset = with_train_queries(dataset, train, train_path)
     logger.info(
-        "loaded %s (%s split): %d documents, %d judged queries, %d judgments",
+        "loaded %s (%s split): %d documents, %d judged queries (%d train), %d judgments",
         dataset.name,
         split,
         len(dataset.corpus),
         len(dataset.queries),
+        len(dataset.train_query_ids),
         sum(len(d) for d in dataset.qrels.values()),
     )
     return dataset

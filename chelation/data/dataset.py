@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["DatasetError", "RetrievalDataset", "natural_key", "natural_sorted"]
+__all__ = ["DatasetError", "RetrievalDataset", "natural_key", "natural_sorted",
+           "with_train_queries"]
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -48,13 +49,16 @@ class RetrievalDataset:
     """A corpus, its queries and graded relevance judgments (qrels).
 
     ``queries`` holds only queries with at least one positive judgment and ``qrels`` holds the
-    judgments of those queries, zero-score rows included.
+    judgments of those queries, zero-score rows included. Where the collection has its own
+    training queries (SciFact's train claims), they are in ``queries`` and ``qrels`` too and
+    ``train_query_ids`` names them; ``judged_query_ids`` are then the evaluation split's only.
     """
 
     name: str
     corpus: dict[str, str]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    train_query_ids: tuple[str, ...] = ()
 
     @property
     def doc_ids(self) -> list[str]:
@@ -63,9 +67,16 @@ class RetrievalDataset:
 
     @property
     def judged_query_ids(self) -> list[str]:
-        """Ids of queries with at least one positive judgment, in natural order."""
-        judged = (q for q, docs in self.qrels.items() if any(s > 0 for s in docs.values()))
+        """Ids of the evaluation split's queries with a positive judgment, in natural order."""
+        train = set(self.train_query_ids)
+        judged = (q for q, docs in self.qrels.items()
+                  if q not in train and any(s > 0 for s in docs.values()))
         return natural_sorted(judged)
+
+    @property
+    def all_query_ids(self) -> list[str]:
+        """Every query the dataset holds: the evaluation split's, then the training split's."""
+        return self.judged_query_ids + list(self.train_query_ids)
 
     def subset_qrels(self, query_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         """Copy of the judgments of ``query_ids``; raises ``KeyError`` for an unjudged id."""
@@ -97,4 +108,22 @@ def finalise(
         corpus=corpus,
         queries={q: queries[q] for q in judged},
         qrels={q: dict(qrels[q]) for q in judged},
+    )
+
+
+def with_train_queries(evaluation: RetrievalDataset, train: RetrievalDataset,
+                       source: str | Path | None = None) -> RetrievalDataset:
+    """The evaluation dataset with the training split's judged queries added as
+    ``train_query_ids``. Both must share one corpus and no query may be in both splits."""
+    if evaluation.corpus.keys() != train.corpus.keys():
+        raise DatasetError("the train and evaluation splits do not share one corpus", source)
+    overlap = set(evaluation.queries) & set(train.queries)
+    if overlap:
+        raise DatasetError(f"{len(overlap)} queries are in both the train and the evaluation "
+                           f"split, e.g. {natural_sorted(overlap)[:3]}", source)
+    return replace(
+        evaluation,
+        queries={**evaluation.queries, **train.queries},
+        qrels={**evaluation.qrels, **train.qrels},
+        train_query_ids=tuple(train.judged_query_ids),
     )

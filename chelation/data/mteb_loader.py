@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from chelation.data.dataset import DatasetError, RetrievalDataset, finalise
+from chelation.data.dataset import DatasetError, RetrievalDataset, finalise, with_train_queries
 
 __all__ = ["load_mteb"]
 
@@ -28,7 +28,8 @@ _INSTALL_HINT = "pip install chelation[mteb]"
 
 
 def load_mteb(
-    task_name: str, split: str = "test", *, subset: str | None = None
+    task_name: str, split: str = "test", *, subset: str | None = None,
+    train_split: str | None = None,
 ) -> RetrievalDataset:
     """Load an MTEB retrieval task (e.g. ``"SciFact"``, ``"NFCorpus"``) as a dataset.
 
@@ -37,6 +38,7 @@ def load_mteb(
         split: evaluation split to read the judgments of.
         subset: language subset of a multilingual task; optional when the task has one subset
             (or a ``"default"`` one).
+        train_split: a split whose judged queries become the dataset's ``train_query_ids``.
 
     Raises:
         ImportError: mteb is not installed.
@@ -59,7 +61,13 @@ def load_mteb(
             f"(is the Hugging Face hub reachable?): {exc}"
         ) from exc
     corpus, queries, relevant_docs = _task_parts(task)
-    return _from_mteb_dicts(task_name, corpus, queries, relevant_docs, split=split, subset=subset)
+    dataset = _from_mteb_dicts(task_name, corpus, queries, relevant_docs, split=split,
+                               subset=subset)
+    if train_split:
+        train = _from_mteb_dicts(task_name, corpus, queries, relevant_docs, split=train_split,
+                                 subset=subset)
+        dataset = with_train_queries(dataset, train)
+    return dataset
 
 
 def _task_parts(task: Any) -> tuple[Any, Any, Any]:
