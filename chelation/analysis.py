@@ -33,13 +33,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from chelation.settings import MODES
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
 PER_QUERY_ARTIFACT = "per_query_ndcg.csv"
-MODE_ORDER = ("frozen", "baseline", "offline", "hybrid")
+MODE_ORDER = MODES
 # Columns lifted from tags (falling back to params) into short names, with their param fallback.
 _SHORT_COLUMNS = {
     "mode": "training.mode",
@@ -54,11 +56,12 @@ _SHORT_COLUMNS = {
     "config_hash": None,
     "config_label": None,
     "fallback": None,
+    "index_teacher_weight": None,
 }
 # Columns that identify a study arm's "place": a reference must share them with the arm.
 _CONTEXT = ("student", "dataset", "protocol")
 _PER_QUERY_META = ("group_hash", "config_label", "mode", "teacher", "student", "dataset",
-                   "protocol", "seed")
+                   "protocol", "seed", "index_weight")
 TABLE_COLUMNS = [
     "config_label", "mode", "teacher", "student", "dataset", "group_hash", "reference",
     "n_seeds", "n_queries", "n_paired", "ndcg_mean", "ci_low", "ci_high",
@@ -123,6 +126,9 @@ def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
     short["seed"] = pd.to_numeric(short["seed"], errors="coerce").astype("Int64")
     short["weight"] = pd.to_numeric(raw.get("params.weight.value",
                                             pd.Series(np.nan, index=raw.index)), errors="coerce")
+    # the teacher's share of the indexed documents; runs from before index documents had 0
+    short["index_weight"] = pd.to_numeric(short.pop("index_teacher_weight"),
+                                          errors="coerce").fillna(0.0)
     front = [c for c in ("run_id", "run_name", "status", "start_time", "parent_run_id")
              if c in raw]
     rest = sorted(c for c in raw.columns if c not in front)
@@ -345,7 +351,7 @@ def _reference_for(df: pd.DataFrame, group: pd.DataFrame, reference_group: str |
     frozen group sharing its student/dataset/protocol (most seeds wins); None if there is none."""
     if reference_group is not None:
         return reference_group, df[df["group_hash"] == reference_group]
-    frozen = df[df["mode"] == "frozen"]
+    frozen = df[(df["mode"] == "frozen") & _student_documents(df)]
     for col in _CONTEXT:
         value = _first(group, col)
         if col in frozen and value is not None:
@@ -355,6 +361,13 @@ def _reference_for(df: pd.DataFrame, group: pd.DataFrame, reference_group: str |
     seeds = frozen.groupby("group_hash")["seed"].nunique()
     best = sorted(seeds.index, key=lambda g: (-seeds[g], g))[0]
     return best, frozen[frozen["group_hash"] == best]
+
+
+def _student_documents(df: pd.DataFrame) -> pd.Series:
+    """Rows whose index held the student's own documents (the plain frozen student)."""
+    if "index_weight" not in df:
+        return pd.Series(True, index=df.index)
+    return df["index_weight"].fillna(0.0) == 0.0
 
 
 def _pair(cells: pd.DataFrame, ref: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -450,17 +463,24 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     return table.drop(columns=["_is_ref", "_mode"])
 
 
-def select_on_validation(runs_df: pd.DataFrame, modes: Sequence[str] = ("offline", "hybrid"),
-                         metric: str = "val_ndcg_at_10") -> dict[str, Any] | None:
+def select_on_validation(runs_df: pd.DataFrame, modes: Sequence[str] = MODES,
+                         metric: str = "val_ndcg_at_10", student: str | None = None
+                         ) -> dict[str, Any] | None:
     """The configuration (group_hash) among `modes` with the highest mean over seeds of its final
     validation metric; None if no run of those modes has one. Only validation metrics (names
-    starting with ``val_``) are accepted: choosing on test figures would leak."""
+    starting with ``val_``) are accepted: choosing on test figures would leak. Candidates share
+    one query-side model, `student` (default: the student of most runs), so the choice never
+    buys quality with a costlier query encoder; the frozen student itself is a candidate, and
+    when it wins the answer is "no change"."""
     if not metric.startswith("val_"):
         raise ValueError(f"select on a validation metric (val_*), not {metric!r}")
     column = f"metrics.{metric}"
     if column not in runs_df or runs_df.empty:
         return None
-    pool = runs_df[runs_df["mode"].isin(modes) & runs_df[column].notna()]
+    if student is None and runs_df["student"].notna().any():
+        student = runs_df["student"].mode().iloc[0]
+    same_student = runs_df["student"] == student if student is not None else True
+    pool = runs_df[runs_df["mode"].isin(modes) & runs_df[column].notna() & same_student]
     if pool.empty:
         return None
     scores = pool.groupby("group_hash").agg(
@@ -496,10 +516,29 @@ def _signed(x: Any) -> str:
     return f"{x:+.4f}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
 
 
+def chosen_versus_frozen(per_query_df: pd.DataFrame, selection: Mapping[str, Any] | None
+                         ) -> pd.DataFrame:
+    """The chosen configuration paired with every frozen model of the study (the student, and
+    teachers run as frozen students): one row per frozen model, `reference` naming it."""
+    if selection is None or per_query_df.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    chosen = per_query_df[per_query_df["group_hash"] == selection["group_hash"]]
+    frozen = per_query_df[(per_query_df["mode"] == "frozen") & _student_documents(per_query_df)]
+    rows = []
+    for ref_hash in frozen["group_hash"].unique():
+        if ref_hash == selection["group_hash"]:
+            continue
+        pair = pd.concat([chosen, frozen[frozen["group_hash"] == ref_hash]])
+        table = compare_to_reference(pair, reference_group=ref_hash)
+        rows.append(table[table["group_hash"] == selection["group_hash"]])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TABLE_COLUMNS)
+
+
 def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = None, *,
                      title: str = "Study results", alpha: float = 0.05, floor: float = 0.97,
-                     confidence: float = 0.95) -> str:
-    """Markdown report of a `compare_to_reference` table and a `select_on_validation` choice."""
+                     confidence: float = 0.95, versus: pd.DataFrame | None = None) -> str:
+    """Markdown report of a `compare_to_reference` table and a `select_on_validation` choice;
+    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model."""
     pct = f"{confidence:.0%}"
     lines = [f"# {title}", ""]
     if table.empty:
@@ -538,8 +577,7 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
 
     lines += ["## Chosen on validation", ""]
     if selection is None:
-        lines += ["No offline or hybrid configuration logged a validation score, so none was "
-                  "chosen.", ""]
+        lines += ["No configuration logged a validation score, so none was chosen.", ""]
     else:
         chosen = table[table["group_hash"] == selection["group_hash"]]
         text = (f"Highest mean final {selection.get('metric', 'val_ndcg_at_10')} over seeds "
@@ -555,6 +593,13 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
                      f"({_p_is(c['p_ttest'])}, Holm {_p_is(c['p_holm'])}: {verdict} at alpha = "
                      f"{alpha:g}). The test figure played no part in the choice.")
         lines += [text, ""]
+        for _, v in (versus if versus is not None else pd.DataFrame()).iterrows():
+            lines.append(f"- against `{v['reference']}`: {_signed(v['diff_vs_frozen'])} "
+                         f"[{_signed(v['diff_ci_low'])}, {_signed(v['diff_ci_high'])}], "
+                         f"{_p_is(v['p_ttest'])} (paired t over {v['n_paired']} queries; "
+                         f"over seeds {_p_is(v['p_seeds'])})")
+        if versus is not None and not versus.empty:
+            lines.append("")
 
     lines += ["## Significance", ""]
     sig = comps[comps["p_holm"] < alpha]
@@ -684,6 +729,43 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
     return fig
 
 
+def plot_ndcg_vs_index_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10"
+                              ) -> Figure | None:
+    """Final-cycle `metric` against the teacher's share of the indexed documents (0 = the
+    student's own, 1 = the teacher's projected), one line per training configuration (mean and
+    +-1 sd over seeds); frozen models of other students (the teacher as a frozen retriever) are
+    horizontal references. None when the study indexed a single kind of documents."""
+    column = f"metrics.{metric}"
+    if runs.empty or column not in runs or runs["index_weight"].nunique() < 2:
+        return None
+    panels = [(name, part) for name, part in runs.groupby(runs["dataset"].fillna("?"))
+              if part["index_weight"].nunique() > 1]
+    fig, axes = _new_figure(len(panels), width=7.0, height=6.5)
+    for ax, (dataset, part) in zip(axes, panels, strict=True):
+        trained = part.loc[part["mode"] != "frozen", "student"].dropna()
+        student = (trained if not trained.empty else part["student"]).mode().iloc[0]
+        ours, others = part[part["student"] == student], part[part["student"] != student]
+        series = ours["config_label"].str.replace(r"/docs:[^/]+", "", regex=True)
+        for (name, line), marker in zip(
+                sorted(ours.groupby(series), key=lambda kv: _order(kv[1])),
+                "osD^v<>p*h" * 10, strict=False):
+            agg = line.groupby("index_weight")[column].agg(["mean", "std"]).sort_index()
+            drawn = ax.plot(agg.index, agg["mean"], marker=marker,
+                            label=f"{name} (n={line['seed'].nunique()})")[0]
+            ax.fill_between(agg.index, agg["mean"] - agg["std"].fillna(0),
+                            agg["mean"] + agg["std"].fillna(0), color=drawn.get_color(),
+                            alpha=0.12)
+        for label, ref in others[others["mode"] == "frozen"].groupby("config_label"):
+            ax.axhline(ref[column].mean(), color="black", linestyle=":", linewidth=1.2,
+                       label=f"{label} (n={ref['seed'].nunique()})")
+        ax.set_xlabel("teacher's share of the indexed documents (queries: the student's)")
+        ax.set_ylabel(f"{metric} (final cycle, test)")
+        ax.set_title(f"{dataset} / queries by {_panel_title((student,))}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    return fig
+
+
 def plot_ndcg_per_cycle(history: pd.DataFrame, runs: pd.DataFrame,
                         metric: str = "ndcg_at_10") -> Figure | None:
     """`metric` per cycle (from `metric_history`), one line per configuration: mean over seeds
@@ -728,7 +810,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
     """Every frozen arm (the student, and teachers run as frozen students) paired against the
     frozen arm of the student the study trains (the student of most non-frozen runs)."""
-    frozen = per_query_df[per_query_df["mode"] == "frozen"]
+    frozen = per_query_df[(per_query_df["mode"] == "frozen")
+                          & _student_documents(per_query_df)]
     trained = per_query_df.loc[per_query_df["mode"] != "frozen", "student"]
     if frozen.empty or frozen["student"].nunique() < 2 or trained.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)

@@ -444,3 +444,37 @@ def test_validation_slice() -> None:
     assert len(val2) == 1
     with pytest.raises(ValueError, match=re.escape("1.0")):
         validation_slice(train, 1.0, seed=0)
+
+
+# --- a collection's own train split ---------------------------------------------------------
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared/datasets/scifact"
+
+
+def test_train_split_adds_train_queries_beside_the_evaluation_split(tmp_path: Path) -> None:
+    root = _write_beir(tmp_path / "c")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n3\td1\t1\n")
+    data = load_beir(root, "test", train_split="train")
+    assert data.judged_query_ids == ["1", "2", "10"]
+    assert data.train_query_ids == ("3",)
+    assert data.all_query_ids == ["1", "2", "10", "3"]
+    assert data.subset_qrels(["3"]) == {"3": {"d1": 1}}
+    # without the train split the same folder loads as before
+    assert load_beir(root).train_query_ids == ()
+
+
+def test_a_query_in_both_splits_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    root = _write_beir(tmp_path / "c")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n2\td1\t1\n")
+    with pytest.raises(DatasetError, match=r"train\.tsv.*both the train and the evaluation"):
+        load_beir(root, "test", train_split="train")
+
+
+@pytest.mark.skipif(not SCIFACT.is_dir(), reason="shared SciFact copy not present")
+def test_scifact_official_split_counts() -> None:
+    data = load_beir(SCIFACT, "test", train_split="train")
+    assert len(data.corpus) == 5183
+    assert len(data.judged_query_ids) == 300
+    assert len(data.train_query_ids) == 809
+    assert not set(data.judged_query_ids) & set(data.train_query_ids)
+    assert sum(len(data.qrels[q]) for q in data.judged_query_ids) == 339

@@ -411,3 +411,18 @@ def test_listwise_term_changes_offline_distillation(
         finally:
             r.close()
     assert np.abs(states[1.0] - states[0.0]).max() > 1e-3
+
+
+def test_official_protocol_trains_on_train_queries_and_tests_every_test_query(
+    synthetic: RetrievalDataset, cache_dir: Path
+) -> None:
+    settings = _settings(cache_dir)
+    settings.protocol = "official"
+    ids = synthetic.judged_query_ids
+    train, test = ids[: len(ids) // 2], ids[len(ids) // 2:]
+    (fold,) = make_folds(test, settings, train)
+    assert fold.test == test
+    assert sorted(fold.fit + fold.val) == sorted(train)
+    assert fold.val and not set(fold.fit) & set(fold.val)
+    with pytest.raises(ValueError, match="protocol=official needs a dataset with its own train"):
+        make_folds(test, settings)

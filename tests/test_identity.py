@@ -1,0 +1,63 @@
+"""A job's identity (config hash): which keys change what a job computes, per mode. Resume skips
+a job whose hash has a finished run, so a key wrongly left out would skip a different job, and a
+key wrongly kept in would run the same job twice."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from chelation.runner import identity
+from experiments.train import settings_from
+from tests.test_harness import compose_with
+
+
+def _config(*overrides: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    cfg = compose_with(*overrides)
+    settings_from(cfg)  # the same validation a job gets
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _with(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(config)
+    node = changed
+    *path, leaf = key.split(".")
+    for part in path:
+        node = node[part]
+    node[leaf] = value
+    return changed
+
+
+def _changes_hash(config: dict[str, Any], key: str, value: Any) -> bool:
+    return identity(config)[0] != identity(_with(config, key, value))[0]
+
+
+@pytest.mark.parametrize("mode", ["frozen", "baseline", "offline", "hybrid"])
+def test_index_teacher_weight_counts_only_for_a_blend(mode: str) -> None:
+    student = _config(f"mode={mode}")
+    assert not _changes_hash(student, "index.teacher_weight", 0.9)
+    assert not _changes_hash(student, "index.fit_queries", True)
+    blend = _with(student, "index.documents", "blend")
+    assert identity(blend) != identity(student)
+    assert _changes_hash(blend, "index.teacher_weight", 0.9)
+    assert _changes_hash(blend, "index.fit_queries", True)
+    # the teacher makes the documents, whatever the mode trains on
+    assert _changes_hash(blend, "teacher.model", "another/model")
+    assert not _changes_hash(blend, "teacher.batch_size", 2)
+
+
+def test_documents_are_identified_by_the_teacher_share() -> None:
+    base = _config("mode=frozen")
+    blend0 = _with(_with(base, "index.documents", "blend"), "index.teacher_weight", 0.0)
+    blend1 = _with(_with(base, "index.documents", "blend"), "index.teacher_weight", 1.0)
+    teacher = _with(base, "index.documents", "teacher")
+    assert identity(blend0) == identity(base)
+    assert identity(blend1) == identity(teacher)
+
+
+def test_query_cost_sample_is_not_identity() -> None:
+    assert not _changes_hash(_config(), "query_cost_sample", 0)
