@@ -194,6 +194,76 @@ def test_compare_to_reference_pairs_on_seed_and_query():
     assert table.loc["O", "p_ttest"] == 0.0
 
 
+def test_pairing_on_seed_and_query_changes_the_answer():
+    """The frozen arm ran an extra seed whose scores are 0.3 higher. Paired on (seed, query) the
+    offline arm is +0.05; paired on query alone (frozen averaged over all its seeds) it would be
+    -0.05. The seed-level test pairs per-seed means over the common seeds."""
+    queries = [f"q{i}" for i in range(20)]
+    base = np.linspace(0.1, 0.5, len(queries))
+    rng = np.random.default_rng(3)
+    noise = {seed: rng.normal(0, 0.01, len(queries)) for seed in (0, 1)}
+    rows = _per_query("frozen", "frozen", "F", [0, 1, 2], queries,
+                      lambda c, s, i: base[i] + (0.3 if s == 2 else 0.0))
+    rows += _per_query("offline", "offline", "O", [0, 1], queries,
+                       lambda c, s, i: base[i] + 0.05 + noise[s][i])
+    row = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash").loc["O"]
+    assert row["diff_vs_frozen"] == pytest.approx(0.05 + np.mean([noise[0], noise[1]]))
+    assert row["diff_vs_frozen"] > 0.04
+    per_seed = [np.mean(base + 0.05 + noise[s]) - np.mean(base) for s in (0, 1)]
+    assert row["p_seeds"] == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue)
+
+
+def test_no_common_seed_gives_no_seed_level_p():
+    queries = [f"q{i}" for i in range(10)]
+    rows = _per_query("frozen", "frozen", "F", [0], queries, lambda c, s, i: 0.1 * (i % 3))
+    rows += _per_query("baseline", "baseline", "B", [1], queries,
+                       lambda c, s, i: 0.1 * (i % 3) + 0.01 * (i % 2))
+    row = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash").loc["B"]
+    assert math.isnan(row["p_seeds"])
+    assert row["diff_vs_frozen"] == pytest.approx(0.005)
+
+
+def test_each_dataset_is_paired_with_its_own_frozen_arm():
+    queries = [f"q{i}" for i in range(12)]
+    rows = []
+    for dataset, level, shift in (("a", 0.2, 0.03), ("b", 0.6, -0.04)):
+        part = _per_query("frozen", "frozen", f"F{dataset}", [0, 1], queries,
+                          lambda c, s, i, lv=level: lv + 0.01 * i)
+        part += _per_query("hybrid", "hybrid", f"H{dataset}", [0, 1], queries,
+                           lambda c, s, i, lv=level, sh=shift: lv + 0.01 * i + sh
+                           + 0.002 * (i % 2))
+        for r in part:
+            r["dataset"] = dataset
+        rows += part
+    table = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash")
+    assert table.loc["Ha", "reference"] == table.loc["Fa", "config_label"]
+    assert table.loc["Ha", "diff_vs_frozen"] == pytest.approx(0.031)
+    assert table.loc["Hb", "diff_vs_frozen"] == pytest.approx(-0.039)
+    assert table.loc["Hb", "ratio_to_frozen"] == pytest.approx(
+        (0.6 + 0.055 - 0.039) / (0.6 + 0.055))
+
+
+def test_holm_is_applied_over_the_comparisons_only():
+    queries = [f"q{i}" for i in range(16)]
+    base = np.linspace(0.2, 0.6, len(queries))
+    noise = np.random.default_rng(5).normal(0, 0.02, len(queries))
+    rows = _per_query("frozen", "frozen", "F", [0], queries, lambda c, s, i: base[i])
+    for group, shift in (("A", 0.004), ("B", 0.008), ("C", 0.03)):
+        rows += _per_query(group, "hybrid", group, [0], queries,
+                           lambda c, s, i, sh=shift: base[i] + sh + noise[i])
+    table = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash")
+    assert math.isnan(table.loc["F", "p_holm"])  # the reference is no comparison
+    p = table.loc[["A", "B", "C"], "p_ttest"].to_numpy()
+    order = np.argsort(p)
+    expected, running = np.empty(3), 0.0
+    for rank, i in enumerate(order):  # Holm's step-down, written out for m = 3
+        running = max(running, min(1.0, (3 - rank) * p[i]))
+        expected[i] = running
+    assert table.loc[["A", "B", "C"], "p_holm"].to_numpy() == pytest.approx(expected)
+    # and these p-values tell Holm from Bonferroni (the check has teeth)
+    assert not np.allclose(expected, np.minimum(1.0, 3 * p))
+
+
 def test_compare_to_reference_without_frozen_uses_cycle_zero(toy_per_query):
     no_frozen = toy_per_query[toy_per_query["mode"] != "frozen"]
     table = ca.compare_to_reference(no_frozen).set_index("group_hash")

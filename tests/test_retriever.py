@@ -155,39 +155,49 @@ def test_hybrid_targets_blend_homeostatic_and_projected_teacher(
     encoded_synthetic: EncodedDataset, synthetic: RetrievalDataset, cache_dir: Path, fold: Fold,
     make_teacher, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """At w = 0.2 and 0.8 (where swapped arguments or 1 - w give other vectors) the targets are
+    the blend written out here, and their cosine to the teacher rises with w."""
     settings = _settings(cache_dir, "hybrid", "always", guard_tolerance=1.0)
-    teacher = make_teacher()
-    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
     real_fit = retriever_module.fit_adapter
+    to_teacher = {}
+    for w in (0.2, 0.8):
+        teacher = make_teacher()
+        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def recording_fit(adapter, raw, targets, *args, **kwargs):  # the real fit, observed
-        seen.append((raw.copy(), targets.copy()))
-        return real_fit(adapter, raw, targets, *args, **kwargs)
+        def recording_fit(adapter, raw, targets, *args, **kwargs):  # the real fit, observed
+            seen.append((raw.copy(), targets.copy()))
+            return real_fit(adapter, raw, targets, *args, **kwargs)
 
-    monkeypatch.setattr(retriever_module, "fit_adapter", recording_fit)
-    try:
-        r.run_queries(fold.fit[:N_BATCH])
-        positions = r.collapses.frequent(settings.training.collapse_threshold)
-        homeostatic = homeostatic_targets(r.adapter.apply(encoded_synthetic.docs[positions]),
-                                          r.collapses.mean_centres(positions),
-                                          settings.training.push)
-        result = r.sediment(0.5)
-        assert result.fallback == "none"
-        assert result.teacher_weight == 0.5
-        assert result.n_targets == len(positions) > 0
-        assert teacher.teacher_dim == 768 and teacher.matrix.shape == (768, 384)
-        projected = teacher.targets([synthetic.corpus[synthetic.doc_ids[p]] for p in positions])
-        (raw, targets), = seen
-        np.testing.assert_array_equal(raw, encoded_synthetic.docs[positions])
-        assert np.abs(targets - homeostatic).max() > 1e-2
-        assert np.abs(targets - projected).max() > 1e-2
-        np.testing.assert_allclose(targets, blend_targets(homeostatic, projected, 0.5), atol=1e-5)
-        assert mean_cosine(homeostatic, projected) < mean_cosine(targets, projected) < 1.0
-        assert math.isfinite(result.teacher_alignment)
-        _assert_index_is_adapted_raw(r, encoded_synthetic)
-    finally:
-        r.close()
+        monkeypatch.setattr(retriever_module, "fit_adapter", recording_fit)
+        try:
+            r.run_queries(fold.fit[:N_BATCH])
+            positions = r.collapses.frequent(settings.training.collapse_threshold)
+            homeostatic = homeostatic_targets(
+                r.adapter.apply(encoded_synthetic.docs[positions]),
+                r.collapses.mean_centres(positions), settings.training.push)
+            result = r.sediment(w)
+            assert result.fallback == "none"
+            assert result.teacher_weight == w
+            assert result.n_targets == len(positions) > 0
+            assert teacher.teacher_dim == 768 and teacher.matrix.shape == (768, 384)
+            projected = teacher.targets(
+                [synthetic.corpus[synthetic.doc_ids[p]] for p in positions])
+            (raw, targets), = seen
+            np.testing.assert_array_equal(raw, encoded_synthetic.docs[positions])
+            expected = (1 - w) * homeostatic.astype(np.float64) + w * projected
+            expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+            np.testing.assert_allclose(targets, expected, atol=1e-5)
+            swapped = w * homeostatic.astype(np.float64) + (1 - w) * projected
+            swapped /= np.linalg.norm(swapped, axis=1, keepdims=True)
+            assert np.abs(targets - swapped).max() > 1e-2
+            to_teacher[w] = mean_cosine(targets, projected)
+            assert mean_cosine(homeostatic, projected) < to_teacher[w] < 1.0
+            assert math.isfinite(result.teacher_alignment)
+            _assert_index_is_adapted_raw(r, encoded_synthetic)
+        finally:
+            r.close()
+    assert to_teacher[0.2] < to_teacher[0.8]
 
 
 def test_hybrid_weight_changes_what_is_learned(
@@ -264,6 +274,43 @@ def test_index_always_holds_adapter_of_raw_after_cycles(
         docs = r.adapter.apply(encoded_synthetic.docs)
         expected = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
         assert hits.doc_ids == [[r.dataset.doc_ids[j] for j in row] for row in expected]
+    finally:
+        r.close()
+
+
+def test_collapse_guard_compares_with_the_better_of_last_accepted_and_untrained(
+    encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scripted validation scores 0.500 (untrained) -> 0.497 -> 0.494, tolerance 0.005: update 1
+    is kept (0.003 down), update 2 is rolled back (0.003 below update 1, but 0.006 below the
+    untrained score), and the index goes back to update 1's vectors."""
+    settings = _settings(cache_dir, "baseline", "always", guard_tolerance=0.005, push=0.5,
+                         lr=1e-2)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    scripted = iter([0.500, 0.497, 0.494])
+    real_evaluate = ChelatedRetriever.evaluate
+
+    def scripted_evaluate(self, query_ids):
+        result = real_evaluate(self, query_ids)
+        if list(query_ids) == list(fold.val):
+            result.ndcg_at_10 = next(scripted)
+        return result
+
+    monkeypatch.setattr(ChelatedRetriever, "evaluate", scripted_evaluate)
+    try:
+        r.run_queries(fold.fit[:N_BATCH])
+        first = r.sediment(0.0)
+        assert (first.val_before, first.val_after, first.rollback) == (0.500, 0.497, False)
+        after_first = r.index.stored_vectors()
+        state_first = r.adapter.snapshot()
+        r.run_queries(fold.fit[N_BATCH:2 * N_BATCH])
+        second = r.sediment(0.0)
+        assert second.n_targets > 0
+        assert (second.val_before, second.val_after, second.rollback) == (0.497, 0.494, True)
+        assert _states_equal(state_first, r.adapter.state_dict())
+        np.testing.assert_allclose(r.index.stored_vectors(), after_first, atol=1e-6)
+        assert r.validation_ndcg() == 0.497
     finally:
         r.close()
 
