@@ -93,6 +93,9 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     if mode == "frozen":
         # only the student, data and evaluation protocol decide a frozen run's figures
         exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
+        if config.get("adapter", {}).get("init_scale", 0.0) > 0:
+            # an untrained adapter that starts off the identity changes the frozen figures
+            exclude = tuple(k for k in exclude if k != "adapter.")
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)

@@ -61,3 +61,57 @@ def test_documents_are_identified_by_the_teacher_share() -> None:
 
 def test_query_cost_sample_is_not_identity() -> None:
     assert not _changes_hash(_config(), "query_cost_sample", 0)
+
+
+# key -> a different value; per mode, whether it changes what the job computes
+_KEYS = {
+    "teacher.model": "another/model",
+    "teacher.projection": "lstsq",
+    "weight.value": 0.9,
+    "training.epochs": 3,
+    "training.push": 0.7,
+    "chelation.scout_k": 7,
+    "adapter.hidden_dim": 64,
+    "cycles": 5,
+    "protocol": "kfold",
+    "student.model": "another/student",
+    "dataset.name": "other",
+}
+_MATTERS = {
+    "frozen": {"protocol", "student.model", "dataset.name"},
+    "baseline": {"training.epochs", "training.push", "chelation.scout_k", "adapter.hidden_dim",
+                 "cycles", "protocol", "student.model", "dataset.name"},
+    "offline": {"teacher.model", "teacher.projection", "training.epochs", "training.push",
+                "chelation.scout_k", "adapter.hidden_dim", "cycles", "protocol",
+                "student.model", "dataset.name"},
+    "hybrid": set(_KEYS),
+}
+# never part of a job's identity: where results go, caches, batch sizes, progress bars
+_NEVER = {"tracking.uri": "sqlite:///elsewhere.db", "tracking.experiment": "other",
+          "cache_dir": "/elsewhere", "engine.location": "/tmp/x", "show_progress": False,
+          "student.batch_size": 7, "teacher.batch_size": 3}
+
+
+@pytest.mark.parametrize("mode", list(_MATTERS))
+def test_which_keys_change_the_hash_per_mode(mode: str) -> None:
+    config = _config(f"mode={mode}")
+    changed = {k for k, v in _KEYS.items() if _changes_hash(config, k, v)}
+    assert changed == _MATTERS[mode]
+    assert not {k for k, v in _NEVER.items() if _changes_hash(config, k, v)}
+
+
+@pytest.mark.parametrize("mode", list(_MATTERS))
+def test_the_seed_changes_the_job_hash_but_not_the_group_hash(mode: str) -> None:
+    config = _config(f"mode={mode}")
+    other = _with(config, "seed", 7)
+    assert identity(config)[0] != identity(other)[0]
+    assert identity(config)[1] == identity(other)[1]
+
+
+def test_a_frozen_adapter_that_starts_off_the_identity_is_another_configuration() -> None:
+    frozen = _config("mode=frozen")
+    assert not _changes_hash(frozen, "adapter.hidden_dim", 64)  # identity adapter: irrelevant
+    scaled = _with(frozen, "adapter.init_scale", 0.1)
+    assert identity(scaled)[0] != identity(frozen)[0]
+    assert _changes_hash(scaled, "adapter.hidden_dim", 64)
+    assert _changes_hash(scaled, "adapter.init_scale", 0.2)

@@ -23,7 +23,7 @@ from chelation.settings import (
     TrainingSettings,
     WeightSchedule,
 )
-from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
+from chelation.targets import homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher
 
 N_BATCH = 20
@@ -165,7 +165,7 @@ def test_hybrid_targets_blend_homeostatic_and_projected_teacher(
         r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
         seen: list[tuple[np.ndarray, np.ndarray]] = []
 
-        def recording_fit(adapter, raw, targets, *args, **kwargs):  # the real fit, observed
+        def recording_fit(adapter, raw, targets, *args, seen=seen, **kwargs):  # observed
             seen.append((raw.copy(), targets.copy()))
             return real_fit(adapter, raw, targets, *args, **kwargs)
 
