@@ -473,3 +473,61 @@ def test_official_protocol_trains_on_train_queries_and_tests_every_test_query(
     assert fold.val and not set(fold.fit) & set(fold.val)
     with pytest.raises(ValueError, match="protocol=official needs a dataset with its own train"):
         make_folds(test, settings)
+
+
+@pytest.mark.parametrize("protocol", ["split", "kfold", "official"])
+def test_no_fold_trains_on_a_query_it_validates_or_tests(
+    protocol: str, synthetic: RetrievalDataset, cache_dir: Path, teacher768_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spies on every training entry point record, per retriever (one per fold), which queries
+    it trained on, validated on and was tested on; the sets are checked against each other, not
+    against make_folds' own output."""
+    from collections import defaultdict
+    from dataclasses import replace as dc_replace
+
+    data = synthetic
+    if protocol == "official":
+        ids = synthetic.judged_query_ids
+        data = dc_replace(synthetic, train_query_ids=tuple(ids[::3]))
+    trained: dict[int, set[str]] = defaultdict(set)
+    evaluated: dict[int, set[str]] = defaultdict(set)
+    validation: dict[int, set[str]] = {}
+    real = {name: getattr(ChelatedRetriever, name) for name in
+            ("run_queries", "distill", "evaluate")}
+
+    def spy_queries(self, query_ids):
+        trained[id(self)].update(query_ids)
+        validation[id(self)] = set(self.val_query_ids)
+        return real["run_queries"](self, query_ids)
+
+    def spy_distill(self, train_query_ids=()):
+        trained[id(self)].update(train_query_ids)
+        return real["distill"](self, train_query_ids)
+
+    def spy_evaluate(self, query_ids):
+        if set(query_ids) != set(self.val_query_ids):
+            evaluated[id(self)].update(query_ids)
+        return real["evaluate"](self, query_ids)
+
+    for name, spy in (("run_queries", spy_queries), ("distill", spy_distill),
+                      ("evaluate", spy_evaluate)):
+        monkeypatch.setattr(ChelatedRetriever, name, spy)
+    settings = _settings(cache_dir, "offline", teacher_model=teacher768_path)
+    settings.protocol, settings.folds, settings.cycles = protocol, 3, 1
+    settings.validate()
+    run_job(data, settings, show_progress=False)
+
+    folds = list(trained)
+    assert len(folds) == (3 if protocol == "kfold" else 1)
+    for f in folds:
+        fit, val, test = trained[f], validation[f], evaluated[f]
+        assert fit and val and test
+        assert not fit & val and not fit & test and not val & test
+    tests = [evaluated[f] for f in folds]
+    if protocol == "kfold":  # the test sets partition the judged queries
+        assert sum(len(t) for t in tests) == len(set().union(*tests))
+        assert set().union(*tests) == set(data.judged_query_ids)
+    if protocol == "official":
+        assert tests[0] == set(data.judged_query_ids)
+        assert trained[folds[0]] | validation[folds[0]] <= set(data.train_query_ids)
