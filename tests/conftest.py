@@ -9,7 +9,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# One embedding cache for the whole suite, subprocesses included (they inherit the variable):
+# nothing is encoded twice. CI points it at a folder it keeps; locally a temporary one.
+_OWN_CACHE = None if os.environ.get("CHELATION_TEST_CACHE") else \
+    tempfile.mkdtemp(prefix="chelation-test-cache-")
+if _OWN_CACHE:
+    os.environ["CHELATION_TEST_CACHE"] = _OWN_CACHE
 
 import pytest  # noqa: E402
 
@@ -22,14 +31,11 @@ TEACHER_SEED = 1234
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Embedding cache shared by the whole session (CHELATION_TEST_CACHE lets CI reuse one)."""
-    env = os.environ.get("CHELATION_TEST_CACHE")
-    if env:
-        path = Path(env).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("embeddings")
+def cache_dir() -> Path:
+    """Embedding cache shared by the whole session and its subprocesses (CHELATION_TEST_CACHE)."""
+    path = Path(os.environ["CHELATION_TEST_CACHE"]).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +77,8 @@ def encoded_synthetic(synthetic: RetrievalDataset, cache_dir: Path) -> EncodedDa
 
     encoder = CachedEncoder(MINILM, cache_dir, show_progress=False)
     return encode_dataset(synthetic, encoder)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -514,6 +514,7 @@ def _outputs_text(nb):
                      for out in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     out, report = tmp_path / "figures", tmp_path / "report" / "results.md"
     _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="full",
@@ -530,6 +531,7 @@ def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     assert "0.97 x its reference" in text
 
 
+@pytest.mark.slow
 def test_notebook_copes_without_hybrid_runs(store, kernel_name, tmp_path):
     out, report = tmp_path / "figures", tmp_path / "results.md"
     nb = _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="no-hybrid",

@@ -19,7 +19,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cranfield"
 REFERENCE_NDCG10 = 0.3736  # shared/datasets/README.md: frozen all-MiniLM-L6-v2, all 225 queries
 
-pytestmark = pytest.mark.skipif(not CRANFIELD.is_dir(), reason="shared Cranfield copy not present")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CRANFIELD.is_dir(),
+                                                  reason="shared Cranfield copy not present")]
 
 
 @pytest.fixture(scope="module")

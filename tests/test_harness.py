@@ -99,7 +99,7 @@ def _job_runs(client: MlflowClient, experiment: str, status: str = "FINISHED"):
 def sweep_store(tmp_path_factory: pytest.TempPathFactory, request) -> Path:
     """A real multirun: 2 modes x 2 teacher weights, synthetic data, 2 cycles, parallel jobs."""
     tmp = tmp_path_factory.mktemp("sweep")
-    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp / "cache"))
+    cache = os.environ["CHELATION_TEST_CACHE"]
     output = _train(tmp, "-m", "mode=offline,hybrid", "weight.value=0.2,0.8", "cycles=2",
                     "queries_per_cycle=20", "teacher.projection=procrustes",
                     "tracking.experiment=sweep", f"cache_dir={cache}",
@@ -109,6 +109,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory, request) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) -> None:
     client = MlflowClient(f"sqlite:///{sweep_store}/mlflow.db")
     jobs, parents = _job_runs(client, "sweep")
@@ -117,8 +118,10 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     labels = sorted(r.data.tags["config_label"] for r in jobs)
     assert labels == ["hybrid/minilm/constant:0.2/procrustes",
                       "hybrid/minilm/constant:0.8/procrustes", "offline/minilm/procrustes"]
-    assert "a sibling job of this sweep runs config" in (sweep_store / "sweep.log").read_text() \
-        or len(list((sweep_store / "multirun").glob("*/results.json"))) == 4
+    # the 4th job (offline again) was skipped, as a sibling's or a finished configuration
+    job_logs = "".join(p.read_text() for p in (sweep_store / "multirun").glob("*/*.log"))
+    assert job_logs.count("skipping offline") == 1
+    assert len(list((sweep_store / "multirun").glob("*/results.json"))) == 3
     for run in jobs:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["training.mode"] == run.data.tags["mode"]
@@ -142,8 +145,9 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     assert weights["hybrid/minilm/constant:0.8/procrustes"] == pytest.approx(0.8)
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
-    cache = os.environ.get("CHELATION_TEST_CACHE", str(sweep_store / "cache"))
+    cache = os.environ["CHELATION_TEST_CACHE"]
     output = _train(sweep_store, "-m", "mode=offline,hybrid", "weight.value=0.2,0.8",
                     "cycles=2", "queries_per_cycle=20", "tracking.experiment=sweep",
                     f"cache_dir={cache}", f"hydra.sweep.dir={sweep_store}/multirun-again")
@@ -153,8 +157,9 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
     assert output.count("skipping") == 4
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> None:
-    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp_path / "cache"))
+    cache = os.environ["CHELATION_TEST_CACHE"]
     seeds = "seed=" + ",".join(str(s) for s in range(8))
     args = ("-m", "mode=baseline", seeds, "cycles=3", "queries_per_cycle=20",
             "tracking.experiment=resume", f"cache_dir={cache}")
@@ -180,10 +185,15 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
     seeds_done = sorted(int(r.data.tags["seed"]) for r in jobs)
     assert seeds_done == list(range(8))
     assert output.count("skipping") == done_before
+    left_running, _ = _job_runs(client, "resume", status="RUNNING")
+    if left_running:
+        pytest.xfail("reliability issue: the killed job's run stays RUNNING, because its "
+                     "killed sweep's parent does too and retirement only looks under ended ones")
     killed, _ = _job_runs(client, "resume", status="KILLED")
-    assert len(killed) <= 1
+    assert len(killed) == 1
 
 
+@pytest.mark.slow
 def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
     from experiments.analyse import execute_notebook
 
@@ -199,12 +209,13 @@ def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
         assert label in text
 
 
+@pytest.mark.slow
 def test_console_script_runs_a_first_job(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "chelation-train"
     if not script.exists():
         pytest.skip("the package is not installed with its console scripts")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cache = os.environ.get("CHELATION_TEST_CACHE", str(tmp_path / "cache"))
+    cache = os.environ["CHELATION_TEST_CACHE"]
     done = subprocess.run([str(script), "cycles=1", "show_progress=false", f"cache_dir={cache}",
                            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
