@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -149,7 +149,8 @@ def run_job(
     result.setup_time_s = time.perf_counter() - started
 
     try:
-        _record(result, on_cycle, _cycle_zero(retrievers, folds))
+        first = _cycle_zero(retrievers, folds)
+        _record(result, on_cycle, first)
         if settings.training.mode == "offline":
             t0 = time.perf_counter()
             for r, f in zip(retrievers, folds, strict=True):
@@ -164,7 +165,12 @@ def run_job(
         for cycle in bar:
             weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
                                        *settings.weight.endpoints())
-            record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
+            if settings.training.mode == "frozen":
+                # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
+                # (a flat line to read the other arms against), not searched again
+                record = replace(first, cycle=cycle, eval_time_s=0.0)
+            else:
+                record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
             result.fallbacks.append(record.fallback)
             bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
             _record(result, on_cycle, record)

@@ -531,3 +531,21 @@ def test_no_fold_trains_on_a_query_it_validates_or_tests(
     if protocol == "official":
         assert tests[0] == set(data.judged_query_ids)
         assert trained[folds[0]] | validation[folds[0]] <= set(data.train_query_ids)
+
+
+def test_frozen_cycles_repeat_cycle_zero_which_is_what_running_them_scores(
+    synthetic: RetrievalDataset, encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
+) -> None:
+    settings = _settings(cache_dir, "frozen", "always")
+    result = run_job(synthetic, settings, show_progress=False)
+    assert [c.cycle for c in result.cycles] == [0, 1, 2]
+    assert all(c.per_query == result.cycles[0].per_query for c in result.cycles)
+    # running the cycles' phases for real changes nothing a frozen run scores
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    try:
+        for cycle in range(2):
+            r.run_queries(fold.fit[cycle * N_BATCH:(cycle + 1) * N_BATCH])
+            r.sediment(0.0)
+        assert r.evaluate(fold.test).per_query == result.cycles[-1].per_query
+    finally:
+        r.close()
