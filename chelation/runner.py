@@ -79,17 +79,15 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     mode = config["training"]["mode"]
     exclude = _NOT_IDENTITY + _MODE_IRRELEVANT.get(mode, ())
     index = IndexSettings(**config.get("index", {}))
-    if index.document_weight > 0 and "teacher." in exclude:
+    # the documents enter as the teacher's share (so `student` is a blend at 0) and, where the
+    # teacher has a share, its fit; at 0 nothing enters, so earlier runs keep their identity
+    exclude = exclude + ("index.documents", "index.teacher_weight")
+    if index.document_weight > 0:
         # the teacher makes the documents even where the mode trains on no teacher targets
         exclude = tuple(k for k in exclude if k != "teacher.")
-    # the index's documents enter as one number, the teacher's share: `student` is a blend at 0
-    exclude = exclude + ("index.documents", "index.teacher_weight")
-    if index.document_weight == 0:
+        config = {**config, "index_document_weight": index.document_weight}
+    else:
         exclude = exclude + ("index.fit_queries",)
-    config = {**config, "index_document_weight": index.document_weight}
-    if index.document_weight == 0:
-        # runs made before index documents existed keep their identity
-        exclude = exclude + ("index_document_weight",)
     if mode == "frozen":
         # only the student, data and evaluation protocol decide a frozen run's figures
         exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
