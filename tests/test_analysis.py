@@ -304,8 +304,18 @@ def test_select_on_validation_never_looks_at_test():
     # H2 has the best test figure, H1 the best validation figure
     assert choice["group_hash"] == "H1"
     assert choice["val_mean"] == pytest.approx(0.57)
-    assert choice["n_seeds"] == 3 and choice["n_candidates"] == 3
+    # every mode is a candidate, the frozen student included (its win would mean "no change")
+    assert choice["n_seeds"] == 3 and choice["n_candidates"] == 5
     assert ca.select_on_validation(runs, modes=("offline",))["group_hash"] == "O"
+    frozen_best = runs.assign(**{"metrics.val_ndcg_at_10": np.where(
+        runs["mode"] == "frozen", 0.9, runs["metrics.val_ndcg_at_10"])})
+    assert ca.select_on_validation(frozen_best)["group_hash"] == "F"
+    # a costlier query encoder is no candidate: the teacher run as a frozen student
+    teacher = runs[runs["group_hash"] == "F"].assign(
+        group_hash="T", student="mpnet", **{"metrics.val_ndcg_at_10": 0.95})
+    with_teacher = pd.concat([runs, teacher], ignore_index=True)
+    assert ca.select_on_validation(with_teacher)["group_hash"] == "H1"
+    assert ca.select_on_validation(with_teacher, student="mpnet")["group_hash"] == "T"
     assert ca.select_on_validation(runs, modes=("nonexistent",)) is None
     with pytest.raises(ValueError, match="validation"):
         ca.select_on_validation(runs, metric="ndcg_at_10")
