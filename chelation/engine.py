@@ -1,21 +1,27 @@
-"""The vector index on qdrant-client: embedded local mode (in memory or a folder) by default, a
-server by URL. Documents keep their original ids; Qdrant point ids are their positions."""
+"""The vector index. By default Qdrant's own engine embedded in the process (qdrant-edge-py: a
+shard in a temporary folder, or in `engine.location`); with `engine.url`, a Qdrant server through
+qdrant-client. Every search is exact, so no approximate-nearest-neighbour error enters a metric.
+Documents keep their original ids; Qdrant point ids are their positions."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from qdrant_client import QdrantClient, models
 
 from chelation.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
 _UPSERT_BATCH = 1024
+IN_MEMORY = ":memory:"
 
 
 @dataclass
@@ -28,79 +34,174 @@ class Hits:
     vectors: np.ndarray | None = None
 
 
-class VectorIndex:
-    def __init__(self, dim: int, settings: EngineSettings | None = None):
-        settings = settings or EngineSettings()
+class VectorIndex(ABC):
+    """Cosine index over one set of documents, whose vectors are replaced wholesale after each
+    adapter update."""
+
+    def __init__(self, dim: int):
         self.dim = dim
-        self.collection = settings.collection
-        self._owns_collection = bool(settings.url)
-        if settings.url:
-            # jobs sharing a server must not replace each other's collections
-            self.collection = f"{settings.collection}-{uuid.uuid4().hex[:12]}"
-            self.client = QdrantClient(url=settings.url)
-        elif settings.location == ":memory:":
-            self.client = QdrantClient(location=":memory:")
+        self.doc_ids: list[str] = []
+
+    def index(self, doc_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Store every document (original ids kept, in order)."""
+        self.doc_ids = list(doc_ids)
+        self._check(vectors)
+        for start, stop in _batches(len(vectors)):
+            self._upsert(start, vectors[start:stop], self.doc_ids[start:stop])
+
+    def replace_vectors(self, vectors: np.ndarray) -> None:
+        """Overwrite every stored vector, in document order (after an adapter update)."""
+        self._check(vectors)
+        for start, stop in _batches(len(vectors)):
+            self._update(start, vectors[start:stop])
+
+    def _check(self, vectors: np.ndarray) -> None:
+        if len(vectors) != len(self.doc_ids):
+            raise ValueError(f"got {len(vectors)} vectors for {len(self.doc_ids)} documents")
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors are {vectors.shape[-1]} wide, the index {self.dim}")
+
+    def search(self, queries: np.ndarray, k: int, with_vectors: bool = False) -> Hits:
+        """Exact top-k by cosine for each query row."""
+        points = self._query(np.asarray(queries, dtype=np.float32), k, with_vectors)
+        doc_ids = [[self.doc_ids[p.id] for p in hits] for hits in points]
+        scores = [[p.score for p in hits] for hits in points]
+        vectors = None
+        if with_vectors:
+            vectors = np.asarray([[p.vector for p in hits] for hits in points], dtype=np.float32)
+            vectors = vectors.reshape(len(points), -1, self.dim)
+        return Hits(doc_ids, scores, vectors)
+
+    @abstractmethod
+    def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def _update(self, first_id: int, vectors: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _query(self, queries: np.ndarray, k: int, with_vectors: bool) -> list[list]:
+        """Scored points (with .id, .score and, when asked, .vector) per query."""
+
+    @abstractmethod
+    def stored_vectors(self) -> np.ndarray:
+        """Every stored vector in document order (unit length: cosine normalises on insert)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Points the engine holds."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def _batches(n: int) -> list[tuple[int, int]]:
+    return [(s, min(s + _UPSERT_BATCH, n)) for s in range(0, n, _UPSERT_BATCH)]
+
+
+class EdgeIndex(VectorIndex):
+    """Qdrant's engine in process (qdrant-edge-py). `:memory:` puts the shard in a temporary
+    folder removed on close; any other location is a folder that is replaced by a fresh shard."""
+
+    def __init__(self, dim: int, location: str = IN_MEMORY):
+        super().__init__(dim)
+        import qdrant_edge as qe
+
+        self._qe = qe
+        self._temporary = location == IN_MEMORY
+        if self._temporary:
+            self.path = Path(tempfile.mkdtemp(prefix="chelation-shard-"))
         else:
-            self.client = QdrantClient(path=settings.location)
-        if self.client.collection_exists(self.collection):
-            self.client.delete_collection(self.collection)
+            self.path = Path(location).expanduser()
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        self.shard = qe.EdgeShard.create(str(self.path), config)
+        self._exact = qe.SearchParams(exact=True)
+
+    def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None:
+        qe = self._qe
+        points = [qe.Point(first_id + i, v, {"doc_id": d})
+                  for i, (v, d) in enumerate(zip(vectors.tolist(), doc_ids, strict=True))]
+        self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def _update(self, first_id: int, vectors: np.ndarray) -> None:
+        qe = self._qe
+        self.shard.update(qe.UpdateOperation.update_vectors(
+            [qe.PointVectors(first_id + i, v) for i, v in enumerate(vectors.tolist())]))
+
+    def _query(self, queries: np.ndarray, k: int, with_vectors: bool) -> list[list]:
+        qe = self._qe
+        requests = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(q), with_vector=with_vectors,
+                                    with_payload=False, params=self._exact)
+                    for q in queries.tolist()]
+        return self.shard.query_batch(qe.QueryBatchRequest(requests))
+
+    def stored_vectors(self) -> np.ndarray:
+        records = self.shard.retrieve(list(range(len(self.doc_ids))), False, True)
+        by_id = {r.id: r.vector for r in records}
+        return np.asarray([by_id[i] for i in range(len(self.doc_ids))], dtype=np.float32)
+
+    def count(self) -> int:
+        return int(self.shard.count(self._qe.CountRequest()))
+
+    def close(self) -> None:
+        self.shard.close()
+        if self._temporary:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ServerIndex(VectorIndex):
+    """A collection of its own on a Qdrant server (jobs sharing a server must not replace each
+    other's collections), searched exactly, deleted on close."""
+
+    def __init__(self, dim: int, url: str, collection: str = "chelation"):
+        super().__init__(dim)
+        from qdrant_client import QdrantClient, models
+
+        self._models = models
+        self.collection = f"{collection}-{uuid.uuid4().hex[:12]}"
+        self.client = QdrantClient(url=url)
         self.client.create_collection(
             self.collection,
             vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
         )
-        self.doc_ids: list[str] = []
+        self._exact = models.SearchParams(exact=True)
 
-    def index(self, doc_ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Store every document (original ids kept in the payload and in order)."""
-        self.doc_ids = list(doc_ids)
-        self._upsert(vectors, with_payload=True)
+    def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None:
+        ids = list(range(first_id, first_id + len(vectors)))
+        self.client.upsert(self.collection, self._models.Batch(
+            ids=ids, vectors=vectors.tolist(), payloads=[{"doc_id": d} for d in doc_ids]))
 
-    def replace_vectors(self, vectors: np.ndarray) -> None:
-        """Overwrite every stored vector, in document order (after an adapter update)."""
-        if len(vectors) != len(self.doc_ids):
-            raise ValueError(f"got {len(vectors)} vectors for {len(self.doc_ids)} documents")
-        self._upsert(vectors, with_payload=False)
+    def _update(self, first_id: int, vectors: np.ndarray) -> None:
+        self.client.update_vectors(self.collection, [
+            self._models.PointVectors(id=first_id + i, vector=v)
+            for i, v in enumerate(vectors.tolist())])
 
-    def _upsert(self, vectors: np.ndarray, with_payload: bool) -> None:
-        if vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors are {vectors.shape[1]} wide, the index {self.dim}")
-        for start in range(0, len(vectors), _UPSERT_BATCH):
-            stop = min(start + _UPSERT_BATCH, len(vectors))
-            ids = list(range(start, stop))
-            if with_payload:
-                payloads = [{"doc_id": d} for d in self.doc_ids[start:stop]]
-                self.client.upsert(self.collection, models.Batch(
-                    ids=ids, vectors=vectors[start:stop].tolist(), payloads=payloads))
-            else:
-                self.client.update_vectors(self.collection, [
-                    models.PointVectors(id=i, vector=v)
-                    for i, v in zip(ids, vectors[start:stop].tolist(), strict=True)
-                ])
-
-    def search(self, queries: np.ndarray, k: int, with_vectors: bool = False) -> Hits:
-        requests = [
-            models.QueryRequest(query=q, limit=k, with_vector=with_vectors, with_payload=False)
-            for q in np.asarray(queries, dtype=np.float32).tolist()
-        ]
+    def _query(self, queries: np.ndarray, k: int, with_vectors: bool) -> list[list]:
+        requests = [self._models.QueryRequest(query=q, limit=k, with_vector=with_vectors,
+                                              with_payload=False, params=self._exact)
+                    for q in queries.tolist()]
         responses = self.client.query_batch_points(self.collection, requests=requests)
-        doc_ids = [[self.doc_ids[p.id] for p in r.points] for r in responses]
-        scores = [[p.score for p in r.points] for r in responses]
-        vectors = None
-        if with_vectors:
-            vectors = np.asarray(
-                [[p.vector for p in r.points] for r in responses], dtype=np.float32
-            )
-        return Hits(doc_ids, scores, vectors)
+        return [r.points for r in responses]
 
     def stored_vectors(self) -> np.ndarray:
-        """Every stored vector in document order (for consistency checks)."""
-        points = self.client.retrieve(
-            self.collection, ids=list(range(len(self.doc_ids))), with_vectors=True
-        )
+        points = self.client.retrieve(self.collection, ids=list(range(len(self.doc_ids))),
+                                      with_vectors=True)
         by_id = {p.id: p.vector for p in points}
         return np.asarray([by_id[i] for i in range(len(self.doc_ids))], dtype=np.float32)
 
+    def count(self) -> int:
+        return int(self.client.count(self.collection, exact=True).count)
+
     def close(self) -> None:
-        if self._owns_collection:
-            self.client.delete_collection(self.collection)
+        self.client.delete_collection(self.collection)
         self.client.close()
+
+
+def open_index(dim: int, settings: EngineSettings | None = None) -> VectorIndex:
+    """The engine the settings name: a server when `url` is set, else Qdrant's embedded engine."""
+    settings = settings or EngineSettings()
+    if settings.url:
+        return ServerIndex(dim, settings.url, settings.collection)
+    return EdgeIndex(dim, settings.location)

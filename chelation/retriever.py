@@ -15,7 +15,7 @@ import numpy as np
 
 from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
 from chelation.data import RetrievalDataset
-from chelation.engine import VectorIndex
+from chelation.engine import open_index
 from chelation.events import CollapseLog
 from chelation.listwise import RankingTargets, teacher_ranking
 from chelation.metrics import mean_and_std, per_query_scores
@@ -124,7 +124,7 @@ class ChelatedRetriever:
         self.adapter = ResidualAdapter(dim, settings.adapter.hidden_dim, seed=self.seed,
                                        init_scale=settings.adapter.init_scale)
         self.adapter.eval()
-        self.index = VectorIndex(dim, _fold_engine(settings.engine, fold))
+        self.index = open_index(dim, _fold_engine(settings.engine, fold))
         self.index.index(self.dataset.doc_ids, self.adapter.apply(encoded.docs))
         self.collapses = CollapseLog(len(encoded.docs), dim)
         self._positions = {d: i for i, d in enumerate(self.dataset.doc_ids)}

@@ -140,7 +140,8 @@ class TrainingSettings:
 
 @dataclass
 class EngineSettings:
-    """Qdrant: embedded local mode (`:memory:` or a folder) unless `url` names a server."""
+    """Qdrant's engine embedded in the process (a shard in a temporary folder for `:memory:`,
+    else in the folder `location`, replaced on open) unless `url` names a Qdrant server."""
 
     location: str = ":memory:"
     url: str | None = None

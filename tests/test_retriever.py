@@ -1,5 +1,5 @@
 """The chelated retriever per mode on real data: the synthetic collection, the real MiniLM student,
-a real 768-wide stand-in teacher and Qdrant in embedded local mode."""
+a real 768-wide stand-in teacher and Qdrant's embedded engine."""
 
 from __future__ import annotations
 
