@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from chelation.adapter import prepare_optimiser
 from chelation.data import (
     RetrievalDataset,
     kfold_queries,
@@ -146,6 +147,8 @@ def run_job(
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
                                     f.val, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
+    if settings.training.trains:
+        prepare_optimiser()
     result.setup_time_s = time.perf_counter() - started
 
     try:
@@ -165,7 +168,7 @@ def run_job(
         for cycle in bar:
             weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
                                        *settings.weight.endpoints())
-            if settings.training.mode == "frozen":
+            if not settings.training.trains:
                 # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
                 # (a flat line to read the other arms against), not searched again
                 record = replace(first, cycle=cycle, eval_time_s=0.0)
@@ -178,7 +181,7 @@ def run_job(
             sample = folds[0].test[:settings.query_cost_sample]
             result.query_cost = measure_query_cost(
                 student, retrievers[0].adapter, retrievers[0].index,
-                [dataset.queries[q] for q in sample], EVAL_DEPTH)
+                [dataset.queries[q] for q in sample], encoded.query_matrix(sample), EVAL_DEPTH)
     finally:
         result.adapter_states = [r.adapter.state_dict() for r in retrievers]
         for r in retrievers:

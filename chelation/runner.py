@@ -3,6 +3,7 @@ write the same results next to the job, so nothing is lost if the tracking store
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ class TrackingTarget:
     enabled: bool = True
 
 
+@functools.lru_cache(maxsize=8)
 def load_dataset(kind: str, name: str, path: str | None = None, split: str = "test",
                  task: str | None = None, seed: int = 0,
                  train_split: str | None = None) -> RetrievalDataset:
@@ -144,7 +146,7 @@ def run_tracked_job(
     if target.enabled:
         try:
             experiment_id = tracking.prepare_store(target.uri, target.experiment)
-            client = tracking.MlflowClient(tracking.with_busy_timeout(target.uri))
+            client = tracking.client(target.uri)
             done = tracking.find_finished_run(client, experiment_id, full_hash) \
                 if target.resume else None
             if done is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 MODES = ("frozen", "baseline", "offline", "hybrid")
+UNTRAINED_MODE = MODES[0]  # the control arm: the adapter is never trained
 TEACHER_MODES = ("offline", "hybrid")  # the modes whose training targets come from a teacher
 TRIGGERS = ("adaptive", "always", "never")
 PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
@@ -119,6 +120,10 @@ class TrainingSettings:
     listwise_weight: float = 0.0
     listwise_k: int = 32
     listwise_temperature: float = 0.05
+
+    @property
+    def trains(self) -> bool:
+        return self.mode != UNTRAINED_MODE
 
     def validate(self, prefix: str = "training") -> None:
         _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")

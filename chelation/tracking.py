@@ -7,6 +7,7 @@ resume looks for; `group_hash` is the same hash without the seed, so the analysi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -37,21 +38,34 @@ def with_busy_timeout(uri: str, seconds: int = 60) -> str:
     return uri
 
 
+@functools.cache
+def client(uri: str) -> MlflowClient:
+    """One client per store and process: every job of a multirun in this process shares it."""
+    return MlflowClient(with_busy_timeout(uri))
+
+
+_prepared: dict[tuple[str, str], str] = {}
+
+
 def prepare_store(uri: str, experiment: str) -> str:
-    """Create the store (schema migrations included) and the experiment once, before any parallel
-    job touches them; returns the experiment id. Safe to call again."""
+    """Create the store (schema migrations included) and the experiment once per process, before
+    any parallel job touches them; returns the experiment id. Safe to call again."""
+    if (uri, experiment) in _prepared:
+        return _prepared[uri, experiment]
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().parent.mkdir(
             parents=True, exist_ok=True)
-    client = MlflowClient(with_busy_timeout(uri))
-    found = client.get_experiment_by_name(experiment)
+    found = client(uri).get_experiment_by_name(experiment)
     if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(experiment)
-    except mlflow.exceptions.MlflowException:
-        # Another process created it between our lookup and create.
-        return client.get_experiment_by_name(experiment).experiment_id
+        experiment_id = found.experiment_id
+    else:
+        try:
+            experiment_id = client(uri).create_experiment(experiment)
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our lookup and create.
+            experiment_id = client(uri).get_experiment_by_name(experiment).experiment_id
+    _prepared[uri, experiment] = experiment_id
+    return experiment_id
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,13 +109,12 @@ def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
 
 
 def start_parent_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
-    client = MlflowClient(with_busy_timeout(uri))
-    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "sweep", **tags})
+    run = client(uri).create_run(experiment_id, run_name=name, tags={ROLE_TAG: "sweep", **tags})
     return run.info.run_id
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(with_busy_timeout(uri)).set_terminated(run_id, status)
+    client(uri).set_terminated(run_id, status)
 
 
 class JobRun:
@@ -110,7 +123,7 @@ class JobRun:
 
     def __init__(self, uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                  tags: Mapping[str, str], parent_run_id: str | None = None):
-        self.client = MlflowClient(with_busy_timeout(uri))
+        self.client = client(uri)
         all_tags = {ROLE_TAG: "job", **tags}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id

@@ -28,7 +28,7 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, name = config.tracking.uri, config.tracking.experiment
         experiment_id = tracking.prepare_store(uri, name)
-        client = tracking.MlflowClient(tracking.with_busy_timeout(uri))
+        client = tracking.client(uri)
         if retired := tracking.retire_orphaned_runs(client, experiment_id):
             log.info("marked %d runs of killed sweeps as KILLED", retired)
         overrides = " ".join(config.hydra.overrides.task)
