@@ -20,7 +20,7 @@ from chelation.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-_UPSERT_BATCH = 1024
+_UPSERT_BATCH = 8192
 IN_MEMORY = ":memory:"
 
 
@@ -121,8 +121,8 @@ class EdgeIndex(VectorIndex):
 
     def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None:
         qe = self._qe
-        points = [qe.Point(first_id + i, v, {"doc_id": d})
-                  for i, (v, d) in enumerate(zip(vectors.tolist(), doc_ids, strict=True))]
+        # no payload: a point's id is its document's position, and doc_ids map it back
+        points = [qe.Point(first_id + i, v) for i, v in enumerate(vectors.tolist())]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def _update(self, first_id: int, vectors: np.ndarray) -> None:

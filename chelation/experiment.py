@@ -134,13 +134,37 @@ def run_job(
     """Run the whole protocol for one configuration and seed. `on_cycle` gets each cycle's record
     as soon as it is complete (so a tracker logs it even if a later cycle fails)."""
     started = time.perf_counter()
-    result = JobResult()
     student = CachedEncoder(settings.student.model, settings.cache_dir,
                             batch_size=settings.student.batch_size,
                             max_seq_length=settings.student.max_seq_length,
                             show_progress=show_progress)
     encoded = encode_dataset(dataset, student)
     teacher = build_teacher(settings, show_progress)
+    result = run_encoded(encoded, settings, teacher, student, on_cycle, show_progress)
+    if teacher is not None:
+        result.n_encoded += teacher.encoder.n_encoded
+        result.teacher_encode_time_s = teacher.encoder.encode_seconds
+        result.encode_time_s += teacher.encoder.encode_seconds
+    result.encode_time_s += student.encode_seconds
+    result.n_encoded += student.n_encoded
+    result.n_cached = student.n_cached
+    result.total_time_s = time.perf_counter() - started
+    return result
+
+
+def run_encoded(
+    encoded: EncodedDataset,
+    settings: RunSettings,
+    teacher: Teacher | None = None,
+    student: CachedEncoder | None = None,
+    on_cycle: Callable[[CycleRecord], None] | None = None,
+    show_progress: bool = True,
+) -> JobResult:
+    """The protocol on embeddings already in hand (a job's own, or vectors a benchmark made).
+    Query cost is measured when the `student` that encoded the queries is given."""
+    started = time.perf_counter()
+    result = JobResult()
+    dataset = encoded.dataset
     folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
     fold_data = _fold_documents(encoded, folds, settings, teacher)
     result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != "none")
@@ -177,7 +201,7 @@ def run_job(
             result.fallbacks.append(record.fallback)
             bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
             _record(result, on_cycle, record)
-        if settings.query_cost_sample:
+        if settings.query_cost_sample and student is not None:
             sample = folds[0].test[:settings.query_cost_sample]
             result.query_cost = measure_query_cost(
                 student, retrievers[0].adapter, retrievers[0].index,
@@ -186,13 +210,6 @@ def run_job(
         result.adapter_states = [r.adapter.state_dict() for r in retrievers]
         for r in retrievers:
             r.close()
-        if teacher is not None:
-            result.n_encoded += teacher.encoder.n_encoded
-            result.teacher_encode_time_s = teacher.encoder.encode_seconds
-            result.encode_time_s += teacher.encoder.encode_seconds
-    result.encode_time_s += student.encode_seconds
-    result.n_encoded += student.n_encoded
-    result.n_cached = student.n_cached
     result.total_time_s = time.perf_counter() - started
     return result
 

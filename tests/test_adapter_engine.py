@@ -157,7 +157,7 @@ def test_search_returns_original_ids_in_exact_cosine_order(engine_settings) -> N
 
 
 def test_replace_vectors_then_stored_vectors_round_trip(engine_settings) -> None:
-    n, dim = 1100, 8  # more than one upsert batch
+    n, dim = 8200, 8  # more than one upsert batch
     index = open_index(dim, engine_settings)
     try:
         first = _unit_rows(1, n, dim)
@@ -167,9 +167,9 @@ def test_replace_vectors_then_stored_vectors_round_trip(engine_settings) -> None
         index.replace_vectors(second)
         np.testing.assert_allclose(index.stored_vectors(), second, atol=1e-6)
         # searches see the new vectors, ids unchanged
-        hits = index.search(second[[5, 1099]], 1)
-        assert hits.doc_ids == [["5"], ["1099"]]
-        with pytest.raises(ValueError, match="1099 vectors for 1100"):
+        hits = index.search(second[[5, 8199]], 1)
+        assert hits.doc_ids == [["5"], ["8199"]]
+        with pytest.raises(ValueError, match="8199 vectors for 8200"):
             index.replace_vectors(second[:-1])
         with pytest.raises(ValueError, match="wide"):
             index.replace_vectors(np.ones((n, dim + 1), dtype=np.float32))

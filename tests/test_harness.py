@@ -179,6 +179,8 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
     proc.wait(timeout=60)
     done_before = len(_job_runs(client, "resume")[0])
     assert 1 <= done_before < 8, "the sweep was not interrupted midway"
+    # the kill lands inside a job (its run is left RUNNING) or between two (nothing is)
+    cut_short = {r.info.run_id for r in _job_runs(client, "resume", status="RUNNING")[0]}
 
     output = _train(tmp_path, *args, f"hydra.sweep.dir={tmp_path}/second")
     jobs, _ = _job_runs(client, "resume")
@@ -190,7 +192,7 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
         pytest.xfail("reliability issue: the killed job's run stays RUNNING, because its "
                      "killed sweep's parent does too and retirement only looks under ended ones")
     killed, _ = _job_runs(client, "resume", status="KILLED")
-    assert len(killed) == 1
+    assert {r.info.run_id for r in killed} == cut_short
 
 
 @pytest.mark.slow
