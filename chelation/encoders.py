@@ -3,6 +3,7 @@ on the same data encodes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from chelation.embedding_store import EmbeddingStore, text_keys
 from chelation.models import load_model, model_fingerprint, resolve_model
+from chelation.settings import BFLOAT16, DEFAULT_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,16 @@ class CachedEncoder:
         batch_size: int = 64,
         max_seq_length: int | None = None,
         show_progress: bool = True,
+        precision: str = DEFAULT_PRECISION,
     ):
         self.name = model
         self.resolved = resolve_model(model)
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.fingerprint = model_fingerprint(self.resolved, max_seq_length, display_name=model)
+        self.precision = precision
+        self.fingerprint = model_fingerprint(self.resolved, max_seq_length, display_name=model,
+                                             precision=precision)
         self.cache = EmbeddingStore(Path(cache_dir).expanduser() / self.fingerprint)
         self.n_encoded = 0
         self.n_cached = 0
@@ -45,6 +50,14 @@ class CachedEncoder:
     def model(self):  # -> SentenceTransformer
         """The model itself (loaded once per process), for work the cache cannot serve."""
         return load_model(self.resolved, self.max_seq_length)
+
+    def precision_context(self) -> contextlib.AbstractContextManager:
+        """Where the model's forward passes run: bfloat16 is CPU autocast, float32 as loaded."""
+        if self.precision == BFLOAT16:
+            import torch
+
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @property
     def dim(self) -> int:
@@ -79,9 +92,10 @@ class CachedEncoder:
                   unit="text", disable=not self.show_progress) as bar:
             for start in range(0, len(texts), CHUNK_SIZE):
                 chunk = texts[start:start + CHUNK_SIZE]
-                vectors = model.encode(chunk, batch_size=self.batch_size,
-                                       normalize_embeddings=True, convert_to_numpy=True,
-                                       show_progress_bar=False)
+                with self.precision_context():
+                    vectors = model.encode(chunk, batch_size=self.batch_size,
+                                           normalize_embeddings=True, convert_to_numpy=True,
+                                           show_progress_bar=False)
                 self.cache.append(keys[start:start + CHUNK_SIZE],
                                   np.asarray(vectors, dtype=np.float32))
                 self.n_encoded += len(chunk)

@@ -121,7 +121,8 @@ def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher 
     if not settings.needs_teacher:
         return None
     encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
-                            batch_size=settings.teacher.batch_size, show_progress=show_progress)
+                            batch_size=settings.teacher.batch_size, show_progress=show_progress,
+                            precision=settings.teacher.precision)
     return Teacher(encoder, settings.teacher.projection)
 
 
@@ -137,7 +138,7 @@ def run_job(
     student = CachedEncoder(settings.student.model, settings.cache_dir,
                             batch_size=settings.student.batch_size,
                             max_seq_length=settings.student.max_seq_length,
-                            show_progress=show_progress)
+                            show_progress=show_progress, precision=settings.student.precision)
     encoded = encode_dataset(dataset, student)
     teacher = build_teacher(settings, show_progress)
     result = run_encoded(encoded, settings, teacher, student, on_cycle, show_progress)

@@ -32,13 +32,14 @@ def model_encode_seconds(encoder: CachedEncoder, texts: Sequence[str]) -> list[f
     key = (encoder.fingerprint, tuple(texts))
     if key not in _model_seconds:
         model = encoder.model()
-        model.encode(list(texts[:1]), show_progress_bar=False)  # warm-up: first-call allocations
         seconds = []
-        for text in texts:
-            t0 = time.perf_counter()
-            model.encode([text], normalize_embeddings=True, convert_to_numpy=True,
-                         show_progress_bar=False)
-            seconds.append(time.perf_counter() - t0)
+        with encoder.precision_context():
+            model.encode(list(texts[:1]), show_progress_bar=False)  # warm-up: first allocations
+            for text in texts:
+                t0 = time.perf_counter()
+                model.encode([text], normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False)
+                seconds.append(time.perf_counter() - t0)
         _model_seconds[key] = seconds
     return _model_seconds[key]
 

@@ -18,7 +18,7 @@ import yaml
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
 from chelation.experiment import CycleRecord, JobResult, run_job
-from chelation.settings import IndexSettings, RunSettings
+from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
         if config.get("adapter", {}).get("init_scale", 0.0) > 0:
             # an untrained adapter that starts off the identity changes the frozen figures
             exclude = tuple(k for k in exclude if k != "adapter.")
+    for part in ("student", "teacher"):
+        if config.get(part, {}).get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION:
+            # the default; keeps the identity of runs made before precision was a choice
+            exclude = exclude + (f"{part}.precision",)
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+PRECISIONS = ("float32", "bfloat16")  # float32 reproduces published figures
+DEFAULT_PRECISION, BFLOAT16 = PRECISIONS
 MODES = ("frozen", "baseline", "offline", "hybrid")
 UNTRAINED_MODE = MODES[0]  # the control arm: the adapter is never trained
 TEACHER_MODES = ("offline", "hybrid")  # the modes whose training targets come from a teacher
@@ -33,10 +35,13 @@ class EncoderSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size: int = 64
     max_seq_length: int | None = None
+    precision: str = DEFAULT_PRECISION  # bfloat16: CPU autocast (part of the cache key)
 
     def validate(self, prefix: str = "student") -> None:
         _require(bool(self.model), f"{prefix}.model", self.model, "a model id or path")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                 f"one of {list(PRECISIONS)}")
 
 
 @dataclass
@@ -47,11 +52,14 @@ class TeacherSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
     projection: str = "procrustes"
+    precision: str = DEFAULT_PRECISION
 
     def validate(self, prefix: str = "teacher") -> None:
         _require(self.projection in PROJECTION_KINDS, f"{prefix}.projection", self.projection,
                  f"one of {list(PROJECTION_KINDS)}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                 f"one of {list(PRECISIONS)}")
 
 
 @dataclass

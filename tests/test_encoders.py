@@ -149,3 +149,16 @@ def test_teacher_failures_become_teacher_unavailable(tmp_path: Path) -> None:
         teacher.embed(["x"])
     with pytest.raises(RuntimeError, match="fit"):
         teacher.targets(["x"])
+
+
+def test_bfloat16_encoding_is_cached_apart_and_close_to_float32(tmp_path: Path) -> None:
+    full = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    half = CachedEncoder(MINILM, tmp_path, show_progress=False, precision="bfloat16")
+    assert half.fingerprint != full.fingerprint
+    # float32 keys as before precision was a choice: caches made then stay valid
+    assert full.fingerprint == model_fingerprint(resolve_model(MINILM), display_name=MINILM)
+    a, b = full.encode(TEXTS), half.encode(TEXTS)
+    assert half.n_encoded == len(TEXTS)  # not served from the float32 entries
+    cosines = np.sum(a * b, axis=1)
+    assert cosines.min() > 0.99
+    assert not np.array_equal(a, b)  # autocast did run in bfloat16
