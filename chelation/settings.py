@@ -207,7 +207,7 @@ class RunSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     # test queries encoded one at a time (bypassing the cache) to price a query at serving time
-    query_cost_sample: int = 32
+    query_cost_sample: int = 8
 
     @property
     def needs_teacher(self) -> bool:
