@@ -6,8 +6,9 @@ Appending writes the chunk past the last committed row, then replaces the manife
 process killed mid-append leaves bytes that no manifest counts, which the next append overwrites.
 Appends from several processes are serialised by a lock file. On open every chunk is checked
 against its CRC and the files' lengths; a damaged chunk is dropped with a warning that names the
-file, the store is rewritten without it, and its texts count as missing (so they are encoded
-again). Loading a million vectors reads two files and allocates no object per vector."""
+file, the store is rewritten without it (the damaged files kept aside), and its texts count as
+missing (so they are encoded again). Loading a million vectors reads two files and allocates no
+object per vector."""
 
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ class EmbeddingStore:
     def _rewrite_without(self, manifest: Manifest, vectors: np.ndarray, keys: np.ndarray,
                          bad: list[int]) -> None:
         """A new generation of files holding the intact chunks only; the manifest switches to it
-        in one step, then the old files go."""
+        in one step, then the old files are moved aside (suffix .damaged)."""
         lost = sum(manifest.chunks[i].rows for i in bad)
         log.warning("embedding cache %s or %s: %d of %d chunks are damaged (%d texts; truncated "
                     "or overwritten); keeping the %d intact texts, the rest will be encoded again",
@@ -225,8 +226,10 @@ class EmbeddingStore:
             rows = np.flatnonzero(keep[:len(array)])
             self._write_at(self._path(kind, fresh), 0, np.ascontiguousarray(array[rows]))
         self._commit(fresh)
-        for kind in ("vectors", "keys"):
-            self._path(kind, manifest).unlink(missing_ok=True)
+        for kind in ("vectors", "keys"):  # kept aside for a look, never read again
+            old = self._path(kind, manifest)
+            if old.exists():
+                old.rename(old.with_name(old.name + ".damaged"))
 
     def _remove_data_files(self) -> None:
         for path in [*self.folder.glob("vectors-*.f32"), *self.folder.glob("keys-*.bin")]:

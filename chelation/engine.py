@@ -199,9 +199,20 @@ class ServerIndex(VectorIndex):
         self.client.close()
 
 
+class EngineUnavailable(RuntimeError):
+    """The index could not be opened where the settings say: the message names the key."""
+
+
 def open_index(dim: int, settings: EngineSettings | None = None) -> VectorIndex:
     """The engine the settings name: a server when `url` is set, else Qdrant's embedded engine."""
     settings = settings or EngineSettings()
-    if settings.url:
-        return ServerIndex(dim, settings.url, settings.collection)
-    return EdgeIndex(dim, settings.location)
+    key, value = ("engine.url", settings.url) if settings.url else \
+        ("engine.location", settings.location)
+    try:
+        if settings.url:
+            return ServerIndex(dim, settings.url, settings.collection)
+        return EdgeIndex(dim, settings.location)
+    except Exception as err:  # noqa: BLE001 - any cause: say which setting led there
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise EngineUnavailable(f"{key}={value}: cannot open the vector index ({reason})") \
+            from None

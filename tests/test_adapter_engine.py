@@ -209,3 +209,14 @@ def test_edge_top_100_matches_exact_numpy_on_a_larger_index() -> None:
         assert hits.doc_ids == [[str(j) for j in row] for row in order]
     finally:
         index.close()
+
+
+def test_engine_errors_name_the_key_and_value(tmp_path: Path) -> None:
+    from chelation.engine import EngineUnavailable
+
+    with pytest.raises(EngineUnavailable, match=r"engine.url=http://127.0.0.1:1: cannot open"):
+        open_index(4, EngineSettings(url="http://127.0.0.1:1"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(EngineUnavailable, match=rf"engine.location={blocker}/shard"):
+        open_index(4, EngineSettings(location=str(blocker / "shard")))

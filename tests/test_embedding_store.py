@@ -91,6 +91,7 @@ def test_damaged_files_are_named_dropped_and_healed(tmp_path: Path, damage: str,
     with caplog.at_level(logging.WARNING, logger="chelation.embedding_store"):
         healed = EmbeddingStore(tmp_path)
     assert caplog.text == "" and len(healed) == len(keep)
+    assert (tmp_path / (path.name + ".damaged")).exists()  # moved aside, not deleted
     healed.append(text_keys([texts[i] for i in range(30) if i not in keep]),
                   vectors[[i for i in range(30) if i not in keep]])
     full = EmbeddingStore(tmp_path)
