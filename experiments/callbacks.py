@@ -23,8 +23,9 @@ PARENT_FILE = "mlflow_parent_run_id"
 
 
 class MlflowSweepCallback(Callback):
+    # the open sweep lives in the module, not on the callback: joblib pickles the callback into
+    # its workers, and a heartbeat's thread cannot be pickled
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._open: tuple[str, str] | None = None
         if not config.tracking.get("enabled", True):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -37,22 +38,26 @@ class MlflowSweepCallback(Callback):
         run_id = tracking.start_parent_run(uri, experiment_id, f"sweep {sweep_dir.name}",
                                            {"sweep_dir": str(sweep_dir), "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
-        self._open = (uri, run_id)
-        self._heartbeat = Heartbeat(tracking.client(uri), run_id)
+        _open_sweep.update(uri=uri, run_id=run_id,
+                           heartbeat=Heartbeat(tracking.client(uri), run_id))
         # a sweep stopped by a signal or an error never reaches on_multirun_end
-        atexit.register(self._end, "KILLED")
+        atexit.register(_end_sweep, "KILLED")
         log.info("MLflow parent run %s in experiment %r (%s)", run_id, name, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._end("FINISHED")
+        _end_sweep("FINISHED")
 
-    def _end(self, status: str) -> None:
-        if getattr(self, "_open", None) is None:
-            return
-        uri, run_id = self._open
-        self._open = None
-        self._heartbeat.stop()
-        tracking.end_run(uri, run_id, status)
+
+_open_sweep: dict[str, Any] = {}
+
+
+def _end_sweep(status: str) -> None:
+    if not _open_sweep:
+        return
+    sweep = dict(_open_sweep)
+    _open_sweep.clear()
+    sweep["heartbeat"].stop()
+    tracking.end_run(sweep["uri"], sweep["run_id"], status)
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
