@@ -73,6 +73,14 @@ class ListwiseTerm:
     queries_per_step: int = 32
 
 
+def prepare_optimiser() -> None:
+    """Pay the optimiser's one-time start-up now, outside any timed cycle. The first optimiser a
+    process builds imports torch._dynamo (about a second here): `Optimizer.add_param_group` is
+    wrapped in `torch._disable_dynamo`, which imports it lazily on first call. Building one
+    throw-away Adam walks exactly that path; later optimisers are cheap."""
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])
+
+
 def fit_adapter(
     adapter: ResidualAdapter,
     raw: np.ndarray,

@@ -20,7 +20,7 @@ from chelation.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-_UPSERT_BATCH = 1024
+_UPSERT_BATCH = 8192
 IN_MEMORY = ":memory:"
 
 
@@ -121,8 +121,8 @@ class EdgeIndex(VectorIndex):
 
     def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None:
         qe = self._qe
-        points = [qe.Point(first_id + i, v, {"doc_id": d})
-                  for i, (v, d) in enumerate(zip(vectors.tolist(), doc_ids, strict=True))]
+        # no payload: a point's id is its document's position, and doc_ids map it back
+        points = [qe.Point(first_id + i, v) for i, v in enumerate(vectors.tolist())]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def _update(self, first_id: int, vectors: np.ndarray) -> None:
@@ -199,9 +199,20 @@ class ServerIndex(VectorIndex):
         self.client.close()
 
 
+class EngineUnavailable(RuntimeError):
+    """The index could not be opened where the settings say: the message names the key."""
+
+
 def open_index(dim: int, settings: EngineSettings | None = None) -> VectorIndex:
     """The engine the settings name: a server when `url` is set, else Qdrant's embedded engine."""
     settings = settings or EngineSettings()
-    if settings.url:
-        return ServerIndex(dim, settings.url, settings.collection)
-    return EdgeIndex(dim, settings.location)
+    key, value = ("engine.url", settings.url) if settings.url else \
+        ("engine.location", settings.location)
+    try:
+        if settings.url:
+            return ServerIndex(dim, settings.url, settings.collection)
+        return EdgeIndex(dim, settings.location)
+    except Exception as err:  # noqa: BLE001 - any cause: say which setting led there
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise EngineUnavailable(f"{key}={value}: cannot open the vector index ({reason})") \
+            from None

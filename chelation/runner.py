@@ -3,6 +3,7 @@ write the same results next to the job, so nothing is lost if the tracking store
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -17,7 +18,8 @@ import yaml
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
 from chelation.experiment import CycleRecord, JobResult, run_job
-from chelation.settings import IndexSettings, RunSettings
+from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
+from chelation.signals import signals_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class TrackingTarget:
     enabled: bool = True
 
 
+@functools.lru_cache(maxsize=8)
 def load_dataset(kind: str, name: str, path: str | None = None, split: str = "test",
                  task: str | None = None, seed: int = 0,
                  train_split: str | None = None) -> RetrievalDataset:
@@ -94,6 +97,10 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
         if config.get("adapter", {}).get("init_scale", 0.0) > 0:
             # an untrained adapter that starts off the identity changes the frozen figures
             exclude = tuple(k for k in exclude if k != "adapter.")
+    for part in ("student", "teacher"):
+        if config.get(part, {}).get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION:
+            # the default; keeps the identity of runs made before precision was a choice
+            exclude = exclude + (f"{part}.precision",)
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)
@@ -140,34 +147,35 @@ def run_tracked_job(
     full_hash, group_hash = identity(config)
     label = config_label(settings)
 
+    # the data are read and checked before any run exists: a rejected file leaves nothing behind
+    dataset = load_dataset(**dataset_spec)
     run: tracking.JobRun | None = None
     if target.enabled:
-        try:
-            experiment_id = tracking.prepare_store(target.uri, target.experiment)
-            client = tracking.MlflowClient(tracking.with_busy_timeout(target.uri))
-            done = tracking.find_finished_run(client, experiment_id, full_hash) \
-                if target.resume else None
-            if done is not None:
-                log.info("skipping %s seed %d: finished run %s has config hash %s", label,
-                         settings.seed, done.info.run_id, full_hash)
-                return {"skipped": True, "run_id": done.info.run_id, "config_hash": full_hash,
-                        "ndcg_at_10": done.data.metrics.get("ndcg_at_10")}
-            run = tracking.JobRun(
-                target.uri, experiment_id, f"{label}/seed{settings.seed}",
-                tracking.flatten(config),
-                _tags(settings, dataset_spec, full_hash, group_hash, label),
-                parent_run_id,
-            )
-            if not tracking.claim(client, experiment_id, full_hash, run.run_id, parent_run_id):
-                log.info("skipping %s seed %d: a sibling job of this sweep runs config %s",
-                         label, settings.seed, full_hash)
-                return {"skipped": True, "run_id": None, "config_hash": full_hash}
-        except Exception as err:  # noqa: BLE001 - the job goes on, results stay on disk
-            log.error("MLflow store %s unreachable (%s); results go to %s only",
-                      target.uri, err, output_dir)
-            run = None
+        experiment_id = tracking.prepare_store(target.uri, target.experiment)  # fails naming it
+        client = tracking.client(target.uri)
+        if parent_run_id is None and (retired := tracking.retire_stale_runs(client,
+                                                                            experiment_id)):
+            log.info("marked %d runs left by killed processes as KILLED", retired)
+        done = tracking.find_finished_run(client, experiment_id, full_hash) \
+            if target.resume else None
+        if done is not None:
+            log.info("skipping %s seed %d: finished run %s has config hash %s", label,
+                     settings.seed, done.info.run_id, full_hash)
+            return {"skipped": True, "run_id": done.info.run_id, "config_hash": full_hash,
+                    "ndcg_at_10": done.data.metrics.get("ndcg_at_10")}
+        run = tracking.JobRun(
+            target.uri, experiment_id, f"{label}/seed{settings.seed}",
+            tracking.flatten(config),
+            _tags(settings, dataset_spec, full_hash, group_hash, label),
+            parent_run_id,
+        )
+        if not tracking.claim(client, experiment_id, full_hash, run.run_id, parent_run_id):
+            run.stop_heartbeat()
+            log.info("skipping %s seed %d: a live run of config %s started first", label,
+                     settings.seed, full_hash)
+            return {"skipped": True, "run_id": None, "config_hash": full_hash}
 
-    dataset = load_dataset(**dataset_spec)
+    track = _StoreGuard(target.uri, output_dir)
     per_query_rows: list[tuple[int, str, float]] = []
     summary: dict[str, Any] = {"config_hash": full_hash, "group_hash": group_hash,
                                "config_label": label, "cycles": []}
@@ -179,13 +187,14 @@ def run_tracked_job(
         _write_json(output_dir / "results.json", summary)
         tracking.write_per_query_table(output_dir / "per_query_ndcg.csv", per_query_rows)
         if run is not None:
-            _safe(run.log_metrics, record.metrics(), record.cycle)
+            track(run.log_metrics, record.metrics(), record.cycle)
 
     try:
-        result = run_job(dataset, settings, on_cycle=on_cycle, show_progress=show_progress)
-    except BaseException:
+        with signals_interrupt():
+            result = run_job(dataset, settings, on_cycle=on_cycle, show_progress=show_progress)
+    except BaseException as err:
         if run is not None:
-            _safe(run.finish, "FAILED")
+            track(run.finish, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     summary.update(_job_figures(result))
     summary["run_id"] = run.run_id if run else None
@@ -195,12 +204,12 @@ def run_tracked_job(
     for i, state in enumerate(result.adapter_states):
         torch.save(state, adapters / f"fold_{i}.pt")
     if run is not None:
-        _safe(run.log_metrics, _job_figures(result, numeric_only=True), 0)
-        _safe(run.set_tags, {"fallback": result.fallback})
+        track(run.log_metrics, _job_figures(result, numeric_only=True), 0)
+        track(run.set_tags, {"fallback": result.fallback})
         for name in ("config.yaml", "per_query_ndcg.csv", "results.json"):
-            _safe(run.log_artifact, output_dir / name)
-        _safe(run.log_artifact, adapters)
-        _safe(run.finish, "FINISHED")
+            track(run.log_artifact, output_dir / name)
+        track(run.log_artifact, adapters)
+        track(run.finish, "FINISHED")
     return summary
 
 
@@ -251,9 +260,20 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _safe(fn, *args) -> None:
-    """Tracking calls never take a finished computation down with them."""
-    try:
-        fn(*args)
-    except Exception as err:  # noqa: BLE001
-        log.error("MLflow call %s failed: %s", getattr(fn, "__name__", fn), err)
+class _StoreGuard:
+    """Tracking calls never take a computation down with them: the first failure says, once,
+    where the job's results are; later calls are skipped."""
+
+    def __init__(self, uri: str, output_dir: Path):
+        self.uri, self.output_dir, self.failed = uri, output_dir, False
+
+    def __call__(self, fn, *args) -> None:
+        if self.failed:
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001
+            self.failed = True
+            log.error("MLflow store %s stopped answering (%s: %s); the job goes on without it: "
+                      "its results are in %s (results.json, per_query_ndcg.csv, config.yaml, "
+                      "adapters/)", self.uri, getattr(fn, "__name__", fn), err, self.output_dir)

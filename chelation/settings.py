@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+PRECISIONS = ("float32", "bfloat16")  # float32 reproduces published figures
+DEFAULT_PRECISION, BFLOAT16 = PRECISIONS
 MODES = ("frozen", "baseline", "offline", "hybrid")
+UNTRAINED_MODE = MODES[0]  # the control arm: the adapter is never trained
 TEACHER_MODES = ("offline", "hybrid")  # the modes whose training targets come from a teacher
 TRIGGERS = ("adaptive", "always", "never")
 PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
@@ -32,10 +35,13 @@ class EncoderSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size: int = 64
     max_seq_length: int | None = None
+    precision: str = DEFAULT_PRECISION  # bfloat16: CPU autocast (part of the cache key)
 
     def validate(self, prefix: str = "student") -> None:
         _require(bool(self.model), f"{prefix}.model", self.model, "a model id or path")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                 f"one of {list(PRECISIONS)}")
 
 
 @dataclass
@@ -46,11 +52,14 @@ class TeacherSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
     projection: str = "procrustes"
+    precision: str = DEFAULT_PRECISION
 
     def validate(self, prefix: str = "teacher") -> None:
         _require(self.projection in PROJECTION_KINDS, f"{prefix}.projection", self.projection,
                  f"one of {list(PROJECTION_KINDS)}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
+        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
+                 f"one of {list(PRECISIONS)}")
 
 
 @dataclass
@@ -119,6 +128,10 @@ class TrainingSettings:
     listwise_weight: float = 0.0
     listwise_k: int = 32
     listwise_temperature: float = 0.05
+
+    @property
+    def trains(self) -> bool:
+        return self.mode != UNTRAINED_MODE
 
     def validate(self, prefix: str = "training") -> None:
         _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")
@@ -194,7 +207,7 @@ class RunSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     # test queries encoded one at a time (bypassing the cache) to price a query at serving time
-    query_cost_sample: int = 32
+    query_cost_sample: int = 8
 
     @property
     def needs_teacher(self) -> bool:

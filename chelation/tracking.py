@@ -7,6 +7,7 @@ resume looks for; `group_hash` is the same hash without the seed, so the analysi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from chelation.run_owner import Heartbeat, owner_alive, owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +41,60 @@ def with_busy_timeout(uri: str, seconds: int = 60) -> str:
     return uri
 
 
+@functools.cache
+def client(uri: str) -> MlflowClient:
+    """One client per store and process: every job of a multirun in this process shares it."""
+    return MlflowClient(with_busy_timeout(uri))
+
+
+_prepared: dict[tuple[str, str], str] = {}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The store named by `tracking.uri` cannot be opened or created."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite URI (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser()
+
+
 def prepare_store(uri: str, experiment: str) -> str:
-    """Create the store (schema migrations included) and the experiment once, before any parallel
-    job touches them; returns the experiment id. Safe to call again."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().parent.mkdir(
-            parents=True, exist_ok=True)
-    client = MlflowClient(with_busy_timeout(uri))
-    found = client.get_experiment_by_name(experiment)
+    """Create the store (schema migrations included) and the experiment once per store: for
+    SQLite under a lock file beside the database, so sweeps started together never race on the
+    migrations; once per process after that. Returns the experiment id; raises
+    TrackingUnavailable naming `tracking.uri` when the store cannot be opened or created."""
+    if (uri, experiment) in _prepared:
+        return _prepared[uri, experiment]
+    path = sqlite_path(uri)
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock", timeout=300):
+                experiment_id = _experiment_id(uri, experiment)
+        else:
+            experiment_id = _experiment_id(uri, experiment)
+    except Exception as err:  # noqa: BLE001 - whatever the cause, the job must not start
+        client.cache_clear()
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingUnavailable(f"tracking.uri={uri!r}: cannot open the MLflow store "
+                                  f"({reason}); fix the URI or set tracking.enabled=false") \
+            from None
+    _prepared[uri, experiment] = experiment_id
+    return experiment_id
+
+
+def _experiment_id(uri: str, experiment: str) -> str:
+    found = client(uri).get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(experiment)
+        return client(uri).create_experiment(experiment)
     except mlflow.exceptions.MlflowException:
-        # Another process created it between our lookup and create.
-        return client.get_experiment_by_name(experiment).experiment_id
+        # created by a store that takes no lock (a server) between our lookup and create
+        return client(uri).get_experiment_by_name(experiment).experiment_id
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,13 +138,13 @@ def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
 
 
 def start_parent_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
-    client = MlflowClient(with_busy_timeout(uri))
-    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "sweep", **tags})
+    run = client(uri).create_run(experiment_id, run_name=name,
+                                 tags={ROLE_TAG: "sweep", **owner_tags(), **tags})
     return run.info.run_id
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(with_busy_timeout(uri)).set_terminated(run_id, status)
+    client(uri).set_terminated(run_id, status)
 
 
 class JobRun:
@@ -110,12 +153,13 @@ class JobRun:
 
     def __init__(self, uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                  tags: Mapping[str, str], parent_run_id: str | None = None):
-        self.client = MlflowClient(with_busy_timeout(uri))
-        all_tags = {ROLE_TAG: "job", **tags}
+        self.client = client(uri)
+        all_tags = {ROLE_TAG: "job", **owner_tags(), **tags}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         self.run_id = self.client.create_run(experiment_id, run_name=name,
                                              tags=all_tags).info.run_id
+        self._heartbeat = Heartbeat(self.client, self.run_id)
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
@@ -140,7 +184,11 @@ class JobRun:
             path.write_text(text)
             self.client.log_artifact(self.run_id, str(path))
 
+    def stop_heartbeat(self) -> None:
+        self._heartbeat.stop()
+
     def finish(self, status: str = "FINISHED") -> None:
+        self._heartbeat.stop()
         self.client.set_terminated(self.run_id, RunStatus.to_string(
             RunStatus.from_string(status)))
 
@@ -168,9 +216,9 @@ def _now_ms() -> int:
 def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
           parent_run_id: str | None) -> bool:
     """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
-    config has finished meanwhile, nor if a sibling in the same sweep started earlier (parallel
-    jobs of one sweep can share a config hash when a mode ignores the swept key). A run that
-    loses deletes itself."""
+    config has finished meanwhile, nor if a run of it that started earlier is still running with
+    a live owner, in this sweep or any other. Runs made before owners were recorded count as
+    live when they are siblings in this sweep. A run that loses deletes itself."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.config_hash = '{hash_}' and attributes.status != 'KILLED'",
@@ -181,9 +229,12 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
             continue
         if run.info.status == "FINISHED":
             rivals.append((0, "", run.info.run_id))
-        elif run.info.status == "RUNNING" and parent_run_id \
-                and run.data.tags.get(PARENT_TAG) == parent_run_id:
-            rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
+        elif run.info.status == "RUNNING":
+            alive = owner_alive(run.data.tags)
+            if alive is None:
+                alive = bool(parent_run_id) and run.data.tags.get(PARENT_TAG) == parent_run_id
+            if alive:
+                rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
     mine = client.get_run(run_id).info
     if any(r[:2] < (mine.start_time, run_id) for r in rivals):
         client.delete_run(run_id)
@@ -191,17 +242,19 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
     return True
 
 
-def retire_orphaned_runs(client: MlflowClient, experiment_id: str) -> int:
-    """Job runs still RUNNING under a sweep that is no longer running were left by a killed job:
-    mark them KILLED (called once per sweep, before its jobs start)."""
-    stale = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'job' and attributes.status = 'RUNNING'",
-    )
+def retire_stale_runs(client: MlflowClient, experiment_id: str) -> int:
+    """Mark KILLED the runs (jobs and sweeps) still RUNNING whose owner is gone: a killed process
+    on this host, or no heartbeat within the lease from another. A run made before owners were
+    recorded is retired when it is a job under a sweep that is no longer running."""
+    stale = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
     retired = 0
     for run in stale:
-        parent = run.data.tags.get(PARENT_TAG)
-        if parent and client.get_run(parent).info.status != "RUNNING":
+        alive = owner_alive(run.data.tags)
+        if alive is None:
+            parent = run.data.tags.get(PARENT_TAG)
+            alive = not (run.data.tags.get(ROLE_TAG) == "job" and parent
+                         and client.get_run(parent).info.status != "RUNNING")
+        if not alive:
             client.set_terminated(run.info.run_id, "KILLED")
             retired += 1
     return retired

@@ -35,6 +35,15 @@ def execute_notebook(params: dict[str, object], output_dir: str | Path,
     return nb
 
 
+def absolute_sqlite(uri: str) -> str:
+    """A relative SQLite path made absolute: the notebook runs in its output folder, where the
+    relative path would name (and MLflow would create) another, empty store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
@@ -43,7 +52,8 @@ def main() -> None:
     parser.add_argument("--results-md", default=None)
     args = parser.parse_args()
     output = Path(args.output_dir).resolve()
-    execute_notebook({"TRACKING_URI": args.tracking_uri, "EXPERIMENT": args.experiment,
+    execute_notebook({"TRACKING_URI": absolute_sqlite(args.tracking_uri),
+                      "EXPERIMENT": args.experiment,
                       "OUTPUT_DIR": str(output),
                       "RESULTS_MD": str(Path(args.results_md).resolve()) if args.results_md
                       else None}, output)

@@ -6,6 +6,7 @@ and leaves the parent's run id in the sweep folder for the jobs to nest under.""
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from chelation import tracking
+from chelation.run_owner import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,8 @@ PARENT_FILE = "mlflow_parent_run_id"
 
 
 class MlflowSweepCallback(Callback):
+    # the open sweep lives in the module, not on the callback: joblib pickles the callback into
+    # its workers, and a heartbeat's thread cannot be pickled
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.get("enabled", True):
             return
@@ -28,19 +32,32 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, name = config.tracking.uri, config.tracking.experiment
         experiment_id = tracking.prepare_store(uri, name)
-        client = tracking.MlflowClient(tracking.with_busy_timeout(uri))
-        if retired := tracking.retire_orphaned_runs(client, experiment_id):
-            log.info("marked %d runs of killed sweeps as KILLED", retired)
+        if retired := tracking.retire_stale_runs(tracking.client(uri), experiment_id):
+            log.info("marked %d runs left by killed processes as KILLED", retired)
         overrides = " ".join(config.hydra.overrides.task)
         run_id = tracking.start_parent_run(uri, experiment_id, f"sweep {sweep_dir.name}",
                                            {"sweep_dir": str(sweep_dir), "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
+        _open_sweep.update(uri=uri, run_id=run_id,
+                           heartbeat=Heartbeat(tracking.client(uri), run_id))
+        # a sweep stopped by a signal or an error never reaches on_multirun_end
+        atexit.register(_end_sweep, "KILLED")
         log.info("MLflow parent run %s in experiment %r (%s)", run_id, name, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(config.hydra.sweep.dir) / PARENT_FILE
-        if path.exists():
-            tracking.end_run(config.tracking.uri, path.read_text().strip())
+        _end_sweep("FINISHED")
+
+
+_open_sweep: dict[str, Any] = {}
+
+
+def _end_sweep(status: str) -> None:
+    if not _open_sweep:
+        return
+    sweep = dict(_open_sweep)
+    _open_sweep.clear()
+    sweep["heartbeat"].stop()
+    tracking.end_run(sweep["uri"], sweep["run_id"], status)
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from chelation.runner import TrackingTarget, run_tracked_job
+from chelation.settings import SettingsError
 from experiments.callbacks import parent_run_id
 from experiments.schema import ExperimentConfig, register
 
@@ -23,8 +24,25 @@ register()
 
 
 def settings_from(cfg: DictConfig) -> ExperimentConfig:
-    """Typed, range-checked settings; a bad value raises naming its key."""
+    """Typed, range-checked settings; a bad value or a key the schema lacks raises naming it."""
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
+                           OmegaConf.to_container(OmegaConf.structured(ExperimentConfig)))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}: the schema (experiments/schema.py) "
+                            "has no such key; check the spelling (a key added with '+' is "
+                            "checked like any other)")
     return OmegaConf.to_object(cfg)
+
+
+def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys in `given` that `schema` does not have."""
+    out = []
+    for key, value in given.items():
+        if key not in schema:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(schema[key], dict):
+            out.extend(unknown_keys(value, schema[key], f"{prefix}{key}."))
+    return out
 
 
 # An absolute path: a console script gives Hydra no calling file to resolve "../conf" against.

@@ -157,7 +157,7 @@ def test_search_returns_original_ids_in_exact_cosine_order(engine_settings) -> N
 
 
 def test_replace_vectors_then_stored_vectors_round_trip(engine_settings) -> None:
-    n, dim = 1100, 8  # more than one upsert batch
+    n, dim = 8200, 8  # more than one upsert batch
     index = open_index(dim, engine_settings)
     try:
         first = _unit_rows(1, n, dim)
@@ -167,9 +167,9 @@ def test_replace_vectors_then_stored_vectors_round_trip(engine_settings) -> None
         index.replace_vectors(second)
         np.testing.assert_allclose(index.stored_vectors(), second, atol=1e-6)
         # searches see the new vectors, ids unchanged
-        hits = index.search(second[[5, 1099]], 1)
-        assert hits.doc_ids == [["5"], ["1099"]]
-        with pytest.raises(ValueError, match="1099 vectors for 1100"):
+        hits = index.search(second[[5, 8199]], 1)
+        assert hits.doc_ids == [["5"], ["8199"]]
+        with pytest.raises(ValueError, match="8199 vectors for 8200"):
             index.replace_vectors(second[:-1])
         with pytest.raises(ValueError, match="wide"):
             index.replace_vectors(np.ones((n, dim + 1), dtype=np.float32))
@@ -209,3 +209,14 @@ def test_edge_top_100_matches_exact_numpy_on_a_larger_index() -> None:
         assert hits.doc_ids == [[str(j) for j in row] for row in order]
     finally:
         index.close()
+
+
+def test_engine_errors_name_the_key_and_value(tmp_path: Path) -> None:
+    from chelation.engine import EngineUnavailable
+
+    with pytest.raises(EngineUnavailable, match=r"engine.url=http://127.0.0.1:1: cannot open"):
+        open_index(4, EngineSettings(url="http://127.0.0.1:1"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(EngineUnavailable, match=rf"engine.location={blocker}/shard"):
+        open_index(4, EngineSettings(location=str(blocker / "shard")))

@@ -598,3 +598,12 @@ def test_labels_shared_by_different_configurations_get_their_differing_params():
     assert list(labels) == ["offline/mpnet [training.lr=0.001]",
                             "offline/mpnet [training.lr=0.001]",
                             "offline/mpnet [training.lr=0.003]", "baseline"]
+
+
+def test_relative_sqlite_uris_are_made_absolute_for_the_notebook(tmp_path, monkeypatch) -> None:
+    from experiments.analyse import absolute_sqlite
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_sqlite("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert absolute_sqlite("postgresql://u@h/db") == "postgresql://u@h/db"

@@ -478,3 +478,14 @@ def test_scifact_official_split_counts() -> None:
     assert len(data.train_query_ids) == 809
     assert not set(data.judged_query_ids) & set(data.train_query_ids)
     assert sum(len(data.qrels[q]) for q in data.judged_query_ids) == 339
+
+
+def test_documents_with_no_text_warn_once_with_count_and_ids(caplog) -> None:
+    import logging
+
+    from chelation.data import load_beir
+
+    with caplog.at_level(logging.WARNING, logger="chelation.data.beir"):
+        load_beir(Path(__file__).resolve().parents[1].parent / "shared/datasets/cranfield")
+    warnings = [r.getMessage() for r in caplog.records if "no title and no text" in r.message]
+    assert len(warnings) == 1 and "2 document(s)" in warnings[0] and "471, 995" in warnings[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chelation.encoders import CachedEncoder, EmbeddingCache, text_key
+from chelation.encoders import CachedEncoder
 from chelation.models import ModelUnavailable, load_model, model_fingerprint, resolve_model
 from chelation.teacher import Teacher, TeacherUnavailable
 
@@ -99,15 +99,20 @@ def test_cache_is_per_model(tmp_path: Path) -> None:
     assert out.shape == (2, 384)
 
 
-def test_embedding_cache_survives_reload_and_ignores_partial_files(tmp_path: Path) -> None:
-    cache = EmbeddingCache(tmp_path / "c")
-    vecs = np.eye(3, dtype=np.float32)
-    cache.add([text_key(t) for t in "abc"], vecs)
-    (tmp_path / "c" / "junk.npz.tmp").write_bytes(b"half a shard")
-    reloaded = EmbeddingCache(tmp_path / "c")
-    assert len(reloaded) == 3
-    np.testing.assert_array_equal(reloaded.get(text_key("b")), vecs[1])
-    assert reloaded.get(text_key("z")) is None
+def test_a_damaged_store_is_re_encoded_by_the_model_not_served_wrong(tmp_path: Path) -> None:
+    first = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    vectors = first.encode(TEXTS)
+    store_file = next((tmp_path / first.fingerprint).glob("vectors-*.f32"))
+    data = bytearray(store_file.read_bytes())
+    data[100] ^= 0xFF
+    store_file.write_bytes(bytes(data))
+    second = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    again = second.encode(TEXTS)
+    assert second.n_encoded == len(TEXTS)  # one chunk held them all, and it was damaged
+    np.testing.assert_allclose(again, vectors, atol=1e-6)
+    third = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    np.testing.assert_array_equal(third.encode(TEXTS), again)
+    assert third.n_encoded == 0
 
 
 def test_missing_model_raises_model_unavailable_when_encoding(tmp_path: Path) -> None:
@@ -144,3 +149,16 @@ def test_teacher_failures_become_teacher_unavailable(tmp_path: Path) -> None:
         teacher.embed(["x"])
     with pytest.raises(RuntimeError, match="fit"):
         teacher.targets(["x"])
+
+
+def test_bfloat16_encoding_is_cached_apart_and_close_to_float32(tmp_path: Path) -> None:
+    full = CachedEncoder(MINILM, tmp_path, show_progress=False)
+    half = CachedEncoder(MINILM, tmp_path, show_progress=False, precision="bfloat16")
+    assert half.fingerprint != full.fingerprint
+    # float32 keys as before precision was a choice: caches made then stay valid
+    assert full.fingerprint == model_fingerprint(resolve_model(MINILM), display_name=MINILM)
+    a, b = full.encode(TEXTS), half.encode(TEXTS)
+    assert half.n_encoded == len(TEXTS)  # not served from the float32 entries
+    cosines = np.sum(a * b, axis=1)
+    assert cosines.min() > 0.99
+    assert not np.array_equal(a, b)  # autocast did run in bfloat16

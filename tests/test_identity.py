@@ -115,3 +115,11 @@ def test_a_frozen_adapter_that_starts_off_the_identity_is_another_configuration(
     assert identity(scaled)[0] != identity(frozen)[0]
     assert _changes_hash(scaled, "adapter.hidden_dim", 64)
     assert _changes_hash(scaled, "adapter.init_scale", 0.2)
+
+
+@pytest.mark.parametrize("part", ["student", "teacher"])
+def test_precision_enters_the_hash_only_off_its_default(part: str) -> None:
+    config = _config("mode=hybrid")
+    assert config[part].get("precision", "float32") == "float32"
+    assert not _changes_hash(config, f"{part}.precision", "float32")
+    assert _changes_hash(config, f"{part}.precision", "bfloat16")

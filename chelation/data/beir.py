@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 _QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line number, text)`` for the non-blank lines of a UTF-8 file."""
     if not path.is_file():
@@ -84,6 +85,11 @@ def _read_corpus(path: Path) -> dict[str, str]:
         corpus[doc_id] = " ".join(part for part in (title, text) if part)
     if not corpus:
         raise DatasetError("no documents", path)
+    empty = [d for d, text in corpus.items() if not text.strip()]
+    if empty:
+        # kept (their judgments stay valid), but every model embeds them alike
+        logger.warning("%s: %d document(s) with no title and no text: %s", path, len(empty),
+                    ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""))
     return corpus
 
 
