@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ def config_label(settings: RunSettings) -> str:
     parts = [mode]
     if mode == "frozen":
         parts.append(student)
+    for part in (settings.student, settings.teacher):
+        if part.precision != DEFAULT_PRECISION:
+            parts.append(f"{part.model.rstrip('/').split('/')[-1]}:{part.precision}")
     if settings.index.document_weight > 0:
         fit = "+queries" if settings.index.fit_queries else ""
         parts.append(f"docs:{settings.teacher.name}{fit}@{settings.index.document_weight:g}")
@@ -140,6 +144,7 @@ def run_tracked_job(
 ) -> dict[str, Any]:
     """Run one job with tracking; returns its summary (also written to output_dir/results.json).
     With resume on, a configuration that already has a finished run is skipped."""
+    started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = yaml.safe_dump(dict(config), sort_keys=False)
@@ -210,6 +215,9 @@ def run_tracked_job(
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, adapters)
         track(run.finish, "FINISHED")
+    log.info("job %s seed %d done: NDCG@10 %.4f, %.2f s in the job (results in %s)", label,
+             settings.seed, summary["final_ndcg_at_10"], time.perf_counter() - started,
+             output_dir)
     return summary
 
 
