@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 from chelation.listwise import RankingTargets, listwise_kl
 
+_MANY_ROWS = 50_000
+
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
@@ -54,8 +56,11 @@ class ResidualAdapter(nn.Module):
         """Adapted unit vectors for raw embeddings (numpy in, numpy out)."""
         if len(raw) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+        if len(raw) >= _MANY_ROWS:  # a whole large corpus: enough work for every core
+            return self(x).numpy()
         with one_thread():
-            return self(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))).numpy()
+            return self(x).numpy()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return copy.deepcopy(self.state_dict())

@@ -119,7 +119,10 @@ class EdgeIndex(VectorIndex):
             if self.path.exists():
                 shutil.rmtree(self.path)
             self.path.mkdir(parents=True)
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        # no write-ahead log: the index is derived data, rebuilt from the raw embeddings whenever
+        # it is opened, so durability would only slow every re-index (by about a quarter here)
+        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                               wal_enabled=False)
         self.shard = qe.EdgeShard.create(str(self.path), config)
         self._exact = qe.SearchParams(exact=True)
 
