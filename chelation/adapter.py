@@ -57,10 +57,15 @@ class ResidualAdapter(nn.Module):
         if len(raw) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        if len(raw) >= _MANY_ROWS:  # a whole large corpus: enough work for every core
-            return self(x).numpy()
-        with one_thread():
-            return self(x).numpy()
+        if len(raw) < _MANY_ROWS:
+            with one_thread():
+                return self(x).numpy()
+        # a whole large corpus: enough work for every core, in slices so that the temporaries
+        # (hidden layer, residual sum) stay small beside the output
+        out = np.empty((len(raw), self.dim), dtype=np.float32)
+        for start in range(0, len(raw), _MANY_ROWS):
+            out[start:start + _MANY_ROWS] = self(x[start:start + _MANY_ROWS]).numpy()
+        return out
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return copy.deepcopy(self.state_dict())

@@ -220,3 +220,14 @@ def test_engine_errors_name_the_key_and_value(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(EngineUnavailable, match=rf"engine.location={blocker}/shard"):
         open_index(4, EngineSettings(location=str(blocker / "shard")))
+
+
+def test_a_large_input_is_applied_in_slices_with_the_same_result() -> None:
+    from chelation.adapter import _MANY_ROWS
+
+    x = _unit_rows(5, _MANY_ROWS + 123, 16)
+    adapter = ResidualAdapter(16, hidden_dim=8, seed=1, init_scale=0.3)
+    whole = adapter.apply(x)
+    pieces = np.concatenate([adapter.apply(x[:1000]), adapter.apply(x[1000:_MANY_ROWS - 1]),
+                             adapter.apply(x[_MANY_ROWS - 1:])])
+    np.testing.assert_allclose(whole, pieces, atol=1e-6)
