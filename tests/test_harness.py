@@ -227,3 +227,32 @@ def test_console_script_runs_a_first_job(tmp_path: Path) -> None:
     results = list((tmp_path / "outputs").glob("*/*/results.json"))
     assert len(results) == 1
     assert '"cycle": 1' in results[0].read_text()
+
+
+def _compose_job(*overrides: str):
+    """The config a job of these overrides receives, and its sweep grid: as Hydra runs it, with
+    the Hydra node set (presets interpolate it) and then removed."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    register()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    params = cfg.hydra.sweeper.params
+    grid = OmegaConf.to_container(params) if params else {}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, grid
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> None:
+    """As a user types it: `+experiment=<preset>` composes and validates, and so does every value
+    of each key its sweep grid names."""
+    cfg, grid = _compose_job(f"+experiment={preset}")
+    settings_from(cfg).validate()
+    for key, values in grid.items():
+        for value in str(values).split(","):
+            job, _ = _compose_job(f"+experiment={preset}", f"{key}={value}")
+            settings_from(job).validate()
