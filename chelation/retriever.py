@@ -71,7 +71,6 @@ class EvalResult:
 class QueryPhaseResult:
     n_queries: int
     n_chelated: int
-    mean_entropy: float
     threshold: float
     rankings: dict[str, list[str]]
     seconds: float
@@ -159,7 +158,7 @@ class ChelatedRetriever:
         cfg = self.settings.chelation
         query_ids = list(query_ids)
         if not query_ids:
-            return QueryPhaseResult(0, 0, float("nan"), float("nan"), {}, 0.0)
+            return QueryPhaseResult(0, 0, float("nan"), {}, 0.0)
         self._last_queries = query_ids
         queries = self.adapter.apply(self.encoded.query_matrix(query_ids))
         hits = self.index.search(queries, cfg.scout_k, with_vectors=True)
@@ -175,8 +174,8 @@ class ChelatedRetriever:
                 self.collapses.record(np.array([self._positions[d] for d in ids]), centre)
                 ids = [ids[j] for j in order]
             rankings[q] = ids
-        return QueryPhaseResult(len(query_ids), int(chelate.sum()), float(entropies.mean()),
-                                threshold, rankings, time.perf_counter() - started)
+        return QueryPhaseResult(len(query_ids), int(chelate.sum()), threshold, rankings,
+                                time.perf_counter() - started)
 
     def sediment(self, teacher_weight: float = 0.0) -> SedimentResult:
         """One cycle's training on the documents that collapsed often enough, then re-index."""

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,12 +176,6 @@ class JobRun:
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
-
-    def log_text(self, text: str, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(text)
-            self.client.log_artifact(self.run_id, str(path))
 
     def stop_heartbeat(self) -> None:
         self._heartbeat.stop()
