@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from chelation.settings import MODES
+from chelation.settings import MODES, Mode
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -351,7 +351,7 @@ def _reference_for(df: pd.DataFrame, group: pd.DataFrame, reference_group: str |
     frozen group sharing its student/dataset/protocol (most seeds wins); None if there is none."""
     if reference_group is not None:
         return reference_group, df[df["group_hash"] == reference_group]
-    frozen = df[(df["mode"] == "frozen") & _student_documents(df)]
+    frozen = df[(df["mode"] == Mode.FROZEN) & _student_documents(df)]
     for col in _CONTEXT:
         value = _first(group, col)
         if col in frozen and value is not None:
@@ -390,7 +390,7 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     """One row per configuration (group_hash): its NDCG@10 at `cycle` (None: each run's final
     cycle) averaged per query over seeds, and its paired difference from the reference.
 
-    The reference is `reference_group` if given, else the frozen arm (mode == "frozen") with
+    The reference is `reference_group` if given, else the frozen arm (mode == Mode.FROZEN) with
     the same student, dataset and protocol; without a frozen arm a configuration is compared
     with cycle 0 of its own runs (the untrained model of the same splits), and the
     ``reference`` column says so. Columns: see TABLE_COLUMNS. ``ndcg_mean``/``ci_*`` are over
@@ -436,7 +436,7 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
             ref_cells = _cells(group, 0)
             row["reference"] = "cycle 0 (same runs)"
         else:
-            frozen_ref = (ref_rows["mode"] == "frozen").all()
+            frozen_ref = (ref_rows["mode"] == Mode.FROZEN).all()
             ref_cells = _cells(ref_rows, cycle, lenient=bool(frozen_ref))
             row["reference"] = _first(ref_rows, "config_label") or ref_hash
         by_query, by_seed = _pair(cells, ref_cells)
@@ -523,7 +523,7 @@ def chosen_versus_frozen(per_query_df: pd.DataFrame, selection: Mapping[str, Any
     if selection is None or per_query_df.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     chosen = per_query_df[per_query_df["group_hash"] == selection["group_hash"]]
-    frozen = per_query_df[(per_query_df["mode"] == "frozen") & _student_documents(per_query_df)]
+    frozen = per_query_df[(per_query_df["mode"] == Mode.FROZEN) & _student_documents(per_query_df)]
     rows = []
     for ref_hash in frozen["group_hash"].unique():
         if ref_hash == selection["group_hash"]:
@@ -689,7 +689,7 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
     column = f"metrics.{metric}"
     if runs.empty or column not in runs:
         return None
-    is_curve = (runs["mode"] == "hybrid") & (runs["schedule"] == "constant") & \
+    is_curve = (runs["mode"] == Mode.HYBRID) & (runs["schedule"] == "constant") & \
         runs["weight"].notna()
     if not is_curve.any():
         return None
@@ -708,15 +708,15 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
                             alpha=0.15)
             ax.scatter(line["weight"], line[column], s=10, color=drawn.get_color(), alpha=0.5)
         # the arms every curve is read against; other configurations are in the table
-        others = part[part["mode"].isin(["frozen", "baseline"])]
-        styles = {"frozen": "-", "baseline": "--", "offline": ":", "hybrid": "-."}
+        others = part[part["mode"].isin([Mode.FROZEN, Mode.BASELINE])]
+        styles = {Mode.FROZEN: "-", Mode.BASELINE: "--", Mode.OFFLINE: ":", Mode.HYBRID: "-."}
         for _, ref in sorted(others.groupby("group_hash"), key=lambda kv: _order(kv[1])):
             values = ref[column].dropna()
             if values.empty:
                 continue
             mode = _first(ref, "mode")
             line = ax.axhline(values.mean(), linestyle=styles.get(mode, "-"), linewidth=1.2,
-                              color="black" if mode == "frozen" else next(colours),
+                              color="black" if mode == Mode.FROZEN else next(colours),
                               label=f"{_first(ref, 'config_label')} (n={len(values)})")
             if len(values) > 1:
                 ax.axhspan(values.mean() - values.std(), values.mean() + values.std(),
@@ -742,7 +742,7 @@ def plot_ndcg_vs_index_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10"
               if part["index_weight"].nunique() > 1]
     fig, axes = _new_figure(len(panels), width=7.0, height=6.5)
     for ax, (dataset, part) in zip(axes, panels, strict=True):
-        trained = part.loc[part["mode"] != "frozen", "student"].dropna()
+        trained = part.loc[part["mode"] != Mode.FROZEN, "student"].dropna()
         student = (trained if not trained.empty else part["student"]).mode().iloc[0]
         ours, others = part[part["student"] == student], part[part["student"] != student]
         series = ours["config_label"].str.replace(r"/docs:[^/]+", "", regex=True)
@@ -755,7 +755,7 @@ def plot_ndcg_vs_index_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10"
             ax.fill_between(agg.index, agg["mean"] - agg["std"].fillna(0),
                             agg["mean"] + agg["std"].fillna(0), color=drawn.get_color(),
                             alpha=0.12)
-        for label, ref in others[others["mode"] == "frozen"].groupby("config_label"):
+        for label, ref in others[others["mode"] == Mode.FROZEN].groupby("config_label"):
             ax.axhline(ref[column].mean(), color="black", linestyle=":", linewidth=1.2,
                        label=f"{label} (n={ref['seed'].nunique()})")
         ax.set_xlabel("teacher's share of the indexed documents (queries: the student's)")
@@ -783,7 +783,7 @@ def plot_ndcg_per_cycle(history: pd.DataFrame, runs: pd.DataFrame,
     for ax, (key, part) in zip(axes, panels, strict=True):
         for label, conf in part.groupby("config_label", sort=True):
             agg = conf.groupby("step")["value"].agg(["mean", "std"]).sort_index()
-            style = "--" if _first(conf, "mode") == "frozen" else "-"
+            style = "--" if _first(conf, "mode") == Mode.FROZEN else "-"
             drawn = ax.plot(agg.index, agg["mean"], linestyle=style, marker=".",
                             label=f"{label} (n={conf['seed'].nunique()})")[0]
             if agg["std"].notna().any():
@@ -810,9 +810,9 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
     """Every frozen arm (the student, and teachers run as frozen students) paired against the
     frozen arm of the student the study trains (the student of most non-frozen runs)."""
-    frozen = per_query_df[(per_query_df["mode"] == "frozen")
+    frozen = per_query_df[(per_query_df["mode"] == Mode.FROZEN)
                           & _student_documents(per_query_df)]
-    trained = per_query_df.loc[per_query_df["mode"] != "frozen", "student"]
+    trained = per_query_df.loc[per_query_df["mode"] != Mode.FROZEN, "student"]
     if frozen.empty or frozen["student"].nunique() < 2 or trained.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     student = trained.mode().iloc[0]

@@ -26,7 +26,7 @@ from chelation.metrics import mean_and_std
 from chelation.query_cost import QueryCost, measure_query_cost
 from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
 from chelation.schedules import teacher_weight_at
-from chelation.settings import RunSettings
+from chelation.settings import Mode, RunSettings
 from chelation.teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_encoded(
     try:
         first = _cycle_zero(retrievers, folds)
         _record(result, on_cycle, first)
-        if settings.training.mode == "offline":
+        if Mode(settings.training.mode).distils_first:
             t0 = time.perf_counter()
             for r, f in zip(retrievers, folds, strict=True):
                 # the validation slice stays unseen: it must judge generalisation to new queries

@@ -25,13 +25,14 @@ from chelation.neighbourhood import (
     neighbourhood_entropy,
     should_chelate,
 )
-from chelation.settings import TEACHER_MODES, EngineSettings, RunSettings
+from chelation.settings import EngineSettings, Mode, RunSettings
 from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher, TeacherUnavailable
 
 log = logging.getLogger(__name__)
 
 EVAL_DEPTH = 100
+FALLBACK_BASELINE = Mode.BASELINE.value  # a teacher mode whose teacher failed trains as baseline
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ChelatedRetriever:
         self.encoded = encoded
         self.dataset = encoded.dataset
         self.settings = settings
-        self.mode = settings.training.mode
+        self.mode = Mode(settings.training.mode)
         self.teacher = teacher
         self.val_query_ids = list(val_query_ids)
         self.seed = settings.seed * 1000 + fold
@@ -181,9 +182,9 @@ class ChelatedRetriever:
         """One cycle's training on the documents that collapsed often enough, then re-index."""
         started = time.perf_counter()
         cfg = self.settings.training
-        result = SedimentResult(teacher_weight=teacher_weight if self.mode == "hybrid"
-                                else (1.0 if self.mode == "offline" else 0.0))
-        if self.mode == "frozen":
+        result = SedimentResult(teacher_weight=teacher_weight if self.mode.blends_targets
+                                else float(self.mode.teacher_targets))
+        if not self.mode.trains:
             self.collapses.clear()
             result.seconds = time.perf_counter() - started
             return result
@@ -192,21 +193,21 @@ class ChelatedRetriever:
         homeostatic = homeostatic_targets(self.adapter.apply(raw),
                                           self.collapses.mean_centres(positions), cfg.push)
         targets = homeostatic
-        if self.mode in TEACHER_MODES:
+        if self.mode.teacher_targets:
             teacher = self._teacher_doc_targets(result)
             if teacher is not None:
                 chosen = teacher[positions]
-                targets = chosen if self.mode == "offline" else \
-                    blend_targets(homeostatic, chosen, teacher_weight)
+                targets = blend_targets(homeostatic, chosen, teacher_weight) \
+                    if self.mode.blends_targets else chosen
         self.collapses.clear()
         if len(positions) == 0:
-            if result.fallback == "baseline":
+            if result.fallback == FALLBACK_BASELINE:
                 result.fallback = "no_update"
             result.seconds = time.perf_counter() - started
             result.teacher_alignment = self._alignment()
             return result
         result.n_targets = len(positions)
-        listwise = self._listwise(self._last_queries) if self.mode in TEACHER_MODES else None
+        listwise = self._listwise(self._last_queries) if self.mode.teacher_targets else None
         self._fit_guarded(raw, targets, cfg.epochs, result, listwise)
         result.seconds = time.perf_counter() - started
         return result
@@ -241,7 +242,7 @@ class ChelatedRetriever:
         if self._teacher_docs is not None:
             return self._teacher_docs
         if self.teacher is None:
-            result.fallback = "baseline"
+            result.fallback = FALLBACK_BASELINE
             result.notes.append("no teacher configured")
             return None
         try:
@@ -250,7 +251,7 @@ class ChelatedRetriever:
             self._teacher_docs = self.teacher.corpus_targets
         except TeacherUnavailable as err:
             log.warning("%s; falling back to baseline targets", err)
-            result.fallback = "baseline"
+            result.fallback = FALLBACK_BASELINE
             result.notes.append(str(err))
             return None
         return self._teacher_docs

@@ -19,7 +19,7 @@ import yaml
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
 from chelation.experiment import CycleRecord, JobResult, run_job
-from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
+from chelation.settings import DEFAULT_PRECISION, IndexSettings, Mode, RunSettings
 from chelation.signals import signals_interrupt
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,6 @@ log = logging.getLogger(__name__)
 # Keys that do not change what a job computes: excluded from its identity.
 _NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress", "student.batch_size",
                  "teacher.batch_size", "query_cost_sample")
-# Keys that only matter to some modes: a frozen run is the same whatever teacher weight is set.
-_MODE_IRRELEVANT = {
-    "frozen": ("teacher.", "weight.", "training.", "chelation.", "adapter."),
-    "baseline": ("teacher.", "weight."),
-    "offline": ("weight.",),
-    "hybrid": (),
-}
-
-
 @dataclass
 class DatasetSpec:
     """Which collection a job runs on: generated (`synthetic`), a BEIR folder, or an MTEB task."""
@@ -80,8 +71,8 @@ def load_dataset(kind: str, name: str, path: str | None = None, split: str = "te
 
 def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     """(config_hash, group_hash): the job's identity, and the same without the seed."""
-    mode = config["training"]["mode"]
-    exclude = _NOT_IDENTITY + _MODE_IRRELEVANT.get(mode, ())
+    mode = Mode(config["training"]["mode"])
+    exclude = _NOT_IDENTITY + mode.ignored_keys
     index = IndexSettings(**config.get("index", {}))
     # the documents enter as the teacher's share (so `student` is a blend at 0) and, where the
     # teacher has a share, its fit; at 0 nothing enters, so earlier runs keep their identity
@@ -92,7 +83,7 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
         config = {**config, "index_document_weight": index.document_weight}
     else:
         exclude = exclude + ("index.fit_queries",)
-    if mode == "frozen":
+    if not mode.trains:
         # only the student, data and evaluation protocol decide a frozen run's figures
         exclude = exclude + ("cycles", "queries_per_cycle", "validation_fraction")
         if config.get("adapter", {}).get("init_scale", 0.0) > 0:
@@ -111,10 +102,10 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def config_label(settings: RunSettings) -> str:
-    mode = settings.training.mode
+    mode = Mode(settings.training.mode)
     student = settings.student.model.rstrip("/").split("/")[-1]
-    parts = [mode]
-    if mode == "frozen":
+    parts = [mode.value]
+    if not mode.trains:
         parts.append(student)
     for part in (settings.student, settings.teacher):
         if part.precision != DEFAULT_PRECISION:
@@ -122,13 +113,13 @@ def config_label(settings: RunSettings) -> str:
     if settings.index.document_weight > 0:
         fit = "+queries" if settings.index.fit_queries else ""
         parts.append(f"docs:{settings.teacher.name}{fit}@{settings.index.document_weight:g}")
-    if mode in ("offline", "hybrid"):
+    if mode.teacher_targets:
         parts.append(settings.teacher.name)
-    if mode == "hybrid":
+    if mode.blends_targets:
         w = settings.weight
         parts.append(f"constant:{w.value:g}" if w.schedule == "constant"
                      else f"{w.schedule}:{w.start:g}->{w.end:g}")
-    if mode in ("offline", "hybrid"):
+    if mode.teacher_targets:
         parts.append(settings.teacher.projection)
     return "/".join(parts)
 

@@ -5,12 +5,50 @@ is composed (types) or turned into these objects (ranges), with a message naming
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 
 PRECISIONS = ("float32", "bfloat16")  # float32 reproduces published figures
 DEFAULT_PRECISION, BFLOAT16 = PRECISIONS
-MODES = ("frozen", "baseline", "offline", "hybrid")
-UNTRAINED_MODE = MODES[0]  # the control arm: the adapter is never trained
-TEACHER_MODES = ("offline", "hybrid")  # the modes whose training targets come from a teacher
+
+
+class Mode(StrEnum):
+    """The training modes, and what each one needs. A mode is a string in configs and tags; every
+    module asks this type about it instead of spelling the names."""
+
+    FROZEN = "frozen"      # the control arm: the adapter is never trained
+    BASELINE = "baseline"  # homeostatic targets only
+    OFFLINE = "offline"    # teacher distillation first, then teacher targets
+    HYBRID = "hybrid"      # a per-cycle blend of homeostatic and teacher targets
+
+    @property
+    def trains(self) -> bool:
+        return self is not Mode.FROZEN
+
+    @property
+    def teacher_targets(self) -> bool:
+        """Its training targets come (at least in part) from a teacher."""
+        return self in (Mode.OFFLINE, Mode.HYBRID)
+
+    @property
+    def distils_first(self) -> bool:
+        return self is Mode.OFFLINE
+
+    @property
+    def blends_targets(self) -> bool:
+        """Its targets are a weighted blend, so the teacher weight schedule applies."""
+        return self is Mode.HYBRID
+
+    @property
+    def ignored_keys(self) -> tuple[str, ...]:
+        """Config keys (dotted prefixes) that cannot change what a job of this mode computes."""
+        if self is Mode.FROZEN:
+            return ("teacher.", "weight.", "training.", "chelation.", "adapter.")
+        if not self.teacher_targets:
+            return ("teacher.", "weight.")
+        return () if self.blends_targets else ("weight.",)
+
+
+MODES = tuple(m.value for m in Mode)
 TRIGGERS = ("adaptive", "always", "never")
 PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
@@ -116,7 +154,7 @@ class ChelationSettings:
 class TrainingSettings:
     """Sedimentation: which documents get targets, and how the adapter is fitted to them."""
 
-    mode: str = "baseline"
+    mode: str = Mode.BASELINE.value
     push: float = 0.1
     collapse_threshold: int = 1
     epochs: int = 10
@@ -131,7 +169,7 @@ class TrainingSettings:
 
     @property
     def trains(self) -> bool:
-        return self.mode != UNTRAINED_MODE
+        return Mode(self.mode).trains
 
     def validate(self, prefix: str = "training") -> None:
         _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")
@@ -212,7 +250,7 @@ class RunSettings:
     @property
     def needs_teacher(self) -> bool:
         """The teacher is loaded for teacher training targets or for teacher documents."""
-        return self.training.mode in TEACHER_MODES or self.index.document_weight > 0
+        return Mode(self.training.mode).teacher_targets or self.index.document_weight > 0
 
     def validate(self) -> RunSettings:
         _require(self.cycles >= 0, "cycles", self.cycles, ">= 0")

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from chelation.settings import MODES, Mode
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 STUDENT = "sentence-transformers/all-MiniLM-L6-v2"
@@ -104,7 +106,7 @@ def _spawn(*argv: str) -> dict:
     return record
 
 
-SWEEP_MODES = ("baseline", "offline", "hybrid")
+SWEEP_MODES = tuple(m.value for m in Mode if m.trains)
 SWEEP_WEIGHTS = ("0.1", "0.3", "0.5", "0.7", "0.9")
 
 
@@ -126,11 +128,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared/datasets/cranfield"))
     parser.add_argument("--teacher", default=MPNET)
-    parser.add_argument("--modes", default="frozen,baseline,offline,hybrid")
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", choices=["floor", "job"])
     parser.add_argument("--model", default=STUDENT)
-    parser.add_argument("--mode", default="baseline")
+    parser.add_argument("--mode", default=Mode.BASELINE.value)
     parser.add_argument("--cache")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--teacher-batch-size", type=int, default=8)
@@ -167,7 +169,7 @@ def main() -> None:
             shutil.copytree(cold_cache, warm_cache, dirs_exist_ok=True)
             warm = _spawn(*common, "--cache", str(warm_cache))
             floor = report["floor"]["student"]["process_wall_s"]
-            if mode in ("offline", "hybrid"):
+            if Mode(mode).teacher_targets:
                 floor += report["floor"]["teacher"]["process_wall_s"]
             report["jobs"][mode] = {"cold": cold, "warm": warm, "floor_s": floor,
                                     "cold_over_floor": cold["process_wall_s"] / floor,

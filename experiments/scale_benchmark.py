@@ -29,7 +29,7 @@ def one_size(n_docs: int, folds: int, seed: int) -> dict:
     from chelation.data.clustered import clustered_vectors
     from chelation.experiment import run_encoded
     from chelation.retriever import EncodedDataset
-    from chelation.settings import RunSettings, TrainingSettings
+    from chelation.settings import Mode, RunSettings, TrainingSettings
 
     started = time.perf_counter()
     made = clustered_vectors(n_docs, seed=seed)
@@ -38,8 +38,9 @@ def one_size(n_docs: int, folds: int, seed: int) -> dict:
     encoded = EncodedDataset(made.dataset, made.docs, dict(zip(ids, made.queries, strict=True)))
     protocol = {"protocol": "kfold", "folds": folds} if folds > 1 else \
         {"protocol": "split", "test_fraction": 0.2}
+    training = TrainingSettings(mode=Mode.BASELINE.value)
     settings = RunSettings(seed=seed, cycles=1, queries_per_cycle=50, query_cost_sample=0,
-                           training=TrainingSettings(mode="baseline"), **protocol).validate()
+                           training=training, **protocol).validate()
     result = run_encoded(encoded, settings, show_progress=False)
     trained = result.cycles[1]
     return {

@@ -123,3 +123,14 @@ def test_precision_enters_the_hash_only_off_its_default(part: str) -> None:
     assert config[part].get("precision", "float32") == "float32"
     assert not _changes_hash(config, f"{part}.precision", "float32")
     assert _changes_hash(config, f"{part}.precision", "bfloat16")
+
+
+def test_the_mode_type_says_what_each_mode_needs() -> None:
+    from chelation.settings import MODES, Mode
+
+    assert MODES == ("frozen", "baseline", "offline", "hybrid")  # the order reports use
+    assert [m for m in Mode if not m.trains] == [Mode.FROZEN]
+    assert [m for m in Mode if m.teacher_targets] == [Mode.OFFLINE, Mode.HYBRID]
+    assert [m for m in Mode if m.distils_first] == [Mode.OFFLINE]
+    assert [m for m in Mode if m.blends_targets] == [Mode.HYBRID]
+    assert Mode("hybrid") == "hybrid" and {Mode.FROZEN: 1}["frozen"] == 1  # a string in configs
