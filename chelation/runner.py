@@ -206,10 +206,25 @@ def run_tracked_job(
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, adapters)
         track(run.finish, "FINISHED")
-    log.info("job %s seed %d done: NDCG@10 %.4f, %.2f s in the job (results in %s)", label,
-             settings.seed, summary["final_ndcg_at_10"], time.perf_counter() - started,
-             output_dir)
+    log.info("%s", job_summary(label, settings.seed, result, time.perf_counter() - started,
+                                output_dir, run.run_id if run and not track.failed else None,
+                                target.uri))
     return summary
+
+
+def job_summary(label: str, seed: int, result: JobResult, seconds: float, output_dir: Path,
+                run_id: str | None, uri: str) -> str:
+    """What a user reads when a job ends: the final score against cycle 0, what the guard and
+    the fallbacks did, and where everything is."""
+    first, last = result.cycles[0].ndcg_at_10, result.cycles[-1].ndcg_at_10
+    rollbacks = sum(c.rollback for c in result.cycles) + result.distill_rollbacks
+    lines = [f"job {label} seed {seed} done: NDCG@10 {last:.4f} (cycle 0: {first:.4f}, "
+             f"{last - first:+.4f}), {seconds:.2f} s in the job",
+             f"  rollbacks by the guard: {rollbacks}; fallback: {result.fallback}",
+             f"  results: {output_dir}"]
+    if run_id:
+        lines.append(f"  MLflow run {run_id}; to browse: mlflow ui --backend-store-uri {uri}")
+    return "\n".join(lines)
 
 
 def _tags(settings: RunSettings, spec: Mapping[str, Any], full_hash: str, group_hash: str,

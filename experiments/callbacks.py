@@ -7,10 +7,12 @@ and leaves the parent's run id in the sweep folder for the jobs to nest under.""
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -46,6 +48,30 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _end_sweep("FINISHED")
+        if table := sweep_table(config.hydra.sweep.dir):
+            log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+
+
+def sweep_table(sweep_dir: str | Path) -> str:
+    """One line per job that ran in the sweep: configuration, seed, final NDCG@10 and its change
+    from cycle 0 (jobs skipped as already done wrote no results here)."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+        result = json.loads(path.read_text())
+        config = yaml.safe_load((path.parent / "config.yaml").read_text())
+        cycles = result.get("cycles") or []
+        final = result.get("final_ndcg_at_10")
+        if not cycles or final is None:
+            continue
+        first = cycles[0].get("ndcg_at_10") or float("nan")
+        rows.append((result["config_label"], config.get("seed"), final, final - first))
+    if not rows:
+        return ""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'configuration':<{width}}  seed  NDCG@10  vs cycle 0"]
+    lines += [f"{label:<{width}}  {seed!s:>4}  {final:.4f}   {change:+.4f}"
+              for label, seed, final, change in sorted(rows, key=lambda r: (-r[2], r[0]))]
+    return "\n".join(lines)
 
 
 _open_sweep: dict[str, Any] = {}

@@ -122,6 +122,9 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     # the 4th job (offline again) was skipped, as a sibling's or a finished configuration
     job_logs = "".join(p.read_text() for p in (sweep_store / "multirun").glob("*/*.log"))
     assert job_logs.count("skipping offline") == 1
+    # the sweep ends with a table of the jobs that ran, and each job with its summary
+    assert "vs cycle 0" in (sweep_store / "sweep.log").read_text()
+    assert job_logs.count("rollbacks by the guard") == 3
     assert len(list((sweep_store / "multirun").glob("*/results.json"))) == 3
     for run in jobs:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -256,3 +259,22 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
         for value in str(values).split(","):
             job, _ = _compose_job(f"+experiment={preset}", f"{key}={value}")
             settings_from(job).validate()
+
+
+def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
+    import json
+
+    from experiments.callbacks import sweep_table
+
+    for i, (label, seed, first, final) in enumerate([("baseline", 0, 0.30, 0.31),
+                                                     ("frozen/x", 0, 0.33, 0.33)]):
+        job = tmp_path / str(i)
+        job.mkdir()
+        (job / "config.yaml").write_text(f"seed: {seed}\n")
+        (job / "results.json").write_text(json.dumps({
+            "config_label": label, "final_ndcg_at_10": final,
+            "cycles": [{"cycle": 0, "ndcg_at_10": first}]}))
+    (tmp_path / "2").mkdir()  # a skipped job writes no results
+    lines = sweep_table(tmp_path).splitlines()
+    assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000"]
+    assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100"]
