@@ -70,12 +70,22 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
                      title: str = "Study results", alpha: float = 0.05, floor: float = 0.97,
                      confidence: float = 0.95, versus: pd.DataFrame | None = None) -> str:
     """Markdown report of a `compare_to_reference` table and a `select_on_validation` choice;
-    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model."""
-    pct = f"{confidence:.0%}"
+    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model. One
+    function per section below."""
     lines = [f"# {title}", ""]
     if table.empty:
         return "\n".join([*lines, "No finished job runs with per-query results.", ""])
     comps = table[table["reference"] != "(reference)"]
+    lines += _intro(table, comps, alpha)
+    lines += _comparison_rows(table, f"{confidence:.0%}")
+    lines += _chosen_section(table, selection, versus, alpha)
+    lines += _significance_section(comps, alpha)
+    lines += _floor_section(comps, floor)
+    return "\n".join(lines)
+
+
+def _intro(table: pd.DataFrame, comps: pd.DataFrame, alpha: float) -> list[str]:
+    lines: list[str] = []
     seeds = sorted({int(s) for s in table["n_seeds"].dropna()})
     lines += [
         f"{len(table)} configurations, {'/'.join(map(str, seeds))} seed(s) each; NDCG@10 at "
@@ -85,6 +95,11 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
         f"comparison(s); p (seeds) pairs per-seed means, so it also carries training noise; MDE is "
         f"the smallest difference a paired t-test detects with 80% power at alpha = {alpha:g}.",
         ""]
+    return lines
+
+
+def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
+    lines: list[str] = []
     extra = [c for c in ("dataset", "student") if table[c].nunique(dropna=True) > 1]
     head = ["configuration", *extra, "seeds", "queries", f"NDCG@10 [{pct} CI]",
             f"diff vs reference [{pct} CI]", "p (t)", "p (Wilcoxon)", "p (seeds)", "p (Holm)",
@@ -107,6 +122,12 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
 
+    return lines
+
+
+def _chosen_section(table: pd.DataFrame, selection: Mapping[str, Any] | None,
+                    versus: pd.DataFrame | None, alpha: float) -> list[str]:
+    lines: list[str] = []
     lines += ["## Chosen on validation", ""]
     if selection is None:
         lines += ["No configuration logged a validation score, so none was chosen.", ""]
@@ -133,6 +154,11 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
         if versus is not None and not versus.empty:
             lines.append("")
 
+    return lines
+
+
+def _significance_section(comps: pd.DataFrame, alpha: float) -> list[str]:
+    lines: list[str] = []
     lines += ["## Significance", ""]
     sig = comps[comps["p_holm"] < alpha]
     mde = comps["mde_80"][np.isfinite(comps["mde_80"].astype(float))]
@@ -164,6 +190,11 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
             tail = (f"Every comparison is significant; MDE at 80% power: {mde_text} NDCG@10.")
         lines += ["", tail, ""]
 
+    return lines
+
+
+def _floor_section(comps: pd.DataFrame, floor: float) -> list[str]:
+    lines: list[str] = []
     lines += ["## Floor", ""]
     ratios = comps["ratio_to_frozen"].astype(float)
     below = comps[ratios < floor]
@@ -180,9 +211,7 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
     if (comps["reference"] == "cycle 0 (same runs)").any():
         lines += ["Configurations whose student and dataset had no frozen arm were compared with "
                   "cycle 0 of their own runs (the same model before any training).", ""]
-    return "\n".join(lines)
-
-
+    return lines
 
 
 def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
