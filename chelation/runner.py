@@ -4,6 +4,7 @@ write the same results next to the job, so nothing is lost if the tracking store
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -101,6 +102,13 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     return full, group
 
 
+def dataset_digest(dataset: RetrievalDataset) -> str:
+    """A short digest of what was evaluated: document ids, queries and judgments."""
+    blob = json.dumps([list(dataset.corpus), dataset.queries, dataset.qrels,
+                       list(dataset.train_query_ids)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def config_label(settings: RunSettings) -> str:
     mode = Mode(settings.training.mode)
     student = settings.student.model.rstrip("/").split("/")[-1]
@@ -165,6 +173,9 @@ def run_tracked_job(
             _tags(settings, dataset_spec, full_hash, group_hash, label),
             parent_run_id,
         )
+        track_dataset = _StoreGuard(target.uri, output_dir)
+        track_dataset(run.log_dataset, dataset.name, dataset_digest(dataset),
+                      str(dataset_spec.get("path") or dataset_spec.get("task") or dataset.name))
         if not tracking.claim(client, experiment_id, full_hash, run.run_id, parent_run_id):
             run.stop_heartbeat()
             log.info("skipping %s seed %d: a live run of config %s started first", label,

@@ -20,7 +20,7 @@ from typing import Any
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from chelation.run_owner import Heartbeat, owner_alive, owner_tags
@@ -28,6 +28,7 @@ from chelation.run_owner import Heartbeat, owner_alive, owner_tags
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 ROLE_TAG = "chelation.role"
 _BATCH = 100
 
@@ -90,7 +91,9 @@ def _experiment_id(uri: str, experiment: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return client(uri).create_experiment(experiment)
+        # MLflow's UI opens an experiment of this kind on its training runs
+        return client(uri).create_experiment(experiment,
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:
         # created by a store that takes no lock (a server) between our lookup and create
         return client(uri).get_experiment_by_name(experiment).experiment_id
@@ -176,6 +179,12 @@ class JobRun:
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """The collection the job ran on, as an MLflow dataset input (name, digest, source)."""
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(
+            "mlflow.data.context", "evaluation")])])
 
     def stop_heartbeat(self) -> None:
         self._heartbeat.stop()

@@ -37,7 +37,8 @@ class MlflowSweepCallback(Callback):
         if retired := tracking.retire_stale_runs(tracking.client(uri), experiment_id):
             log.info("marked %d runs left by killed processes as KILLED", retired)
         overrides = " ".join(config.hydra.overrides.task)
-        run_id = tracking.start_parent_run(uri, experiment_id, f"sweep {sweep_dir.name}",
+        name = sweep_name(config.hydra.overrides.task)
+        run_id = tracking.start_parent_run(uri, experiment_id, name,
                                            {"sweep_dir": str(sweep_dir), "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
         _open_sweep.update(uri=uri, run_id=run_id,
@@ -47,9 +48,23 @@ class MlflowSweepCallback(Callback):
         log.info("MLflow parent run %s in experiment %r (%s)", run_id, name, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        table = sweep_table(config.hydra.sweep.dir)
+        if table and _open_sweep:
+            try:  # the parent run carries the sweep's table as an artifact
+                tracking.client(_open_sweep["uri"]).log_text(_open_sweep["run_id"], table,
+                                                             "sweep_table.txt")
+            except Exception as err:  # noqa: BLE001 - the table is also on the console
+                log.error("could not log the sweep table to MLflow: %s", err)
         _end_sweep("FINISHED")
-        if table := sweep_table(config.hydra.sweep.dir):
+        if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+
+
+def sweep_name(overrides) -> str:
+    """The parent run's name: the preset when the sweep is one, else its overrides."""
+    overrides = list(overrides)
+    presets = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
+    return f"sweep {presets[0]}" if presets else f"sweep {' '.join(overrides)}"[:250]
 
 
 def sweep_table(sweep_dir: str | Path) -> str:

@@ -126,6 +126,15 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     assert "vs cycle 0" in (sweep_store / "sweep.log").read_text()
     assert job_logs.count("rollbacks by the guard") == 3
     assert len(list((sweep_store / "multirun").glob("*/results.json"))) == 3
+    # the MLflow view: the experiment's kind, the parent named after the sweep with its table,
+    # each job's dataset as an input
+    assert client.get_experiment_by_name("sweep").tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    assert parents[0].info.run_name.startswith("sweep mode=offline,hybrid")
+    assert "sweep_table.txt" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    for run in jobs:
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "synthetic" and len(used.dataset.digest) == 16
     for run in jobs:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["training.mode"] == run.data.tags["mode"]
