@@ -80,8 +80,8 @@ class EmbeddingStore:
         self._keys = np.zeros(0, dtype=KEY_DTYPE)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
         with self._locked():
-            self._import_legacy_shards()
-            self._load(verify=True)
+            imported = self._import_legacy_shards()  # verifies what was there before it
+            self._load(verify=not imported)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -165,10 +165,15 @@ class EmbeddingStore:
             return None
 
     def _load(self, verify: bool) -> None:
+        """Map the committed rows and check their chunks: all of them with `verify`, else only
+        those added since the last load (rows only grow within a generation of files)."""
         manifest = self._read_manifest()
-        known = len(self._keys) if (self._manifest and manifest
-                                    and manifest.generation == self._manifest.generation) else 0
+        same_files = bool(self._manifest and manifest
+                          and manifest.generation == self._manifest.generation)
+        known = len(self._keys) if same_files else 0
         self._manifest = manifest
+        if not verify and same_files and known == manifest.rows:
+            return  # nothing new: keep the mapping and the sorted keys
         self._sorted = None
         if manifest is None or manifest.rows == 0:
             self._vectors = np.zeros((0, manifest.dim if manifest else 0), dtype=np.float32)
@@ -179,7 +184,8 @@ class EmbeddingStore:
         if bad:
             self._rewrite_without(manifest, vectors, keys, bad)
             return self._load(verify=False)
-        self._vectors, self._keys = vectors, np.array(keys)
+        # both stay mapped: an append would otherwise copy every key so far
+        self._vectors, self._keys = vectors, keys
 
     def _map(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
         """The committed rows that the files still hold (a truncated file holds fewer)."""
@@ -235,11 +241,12 @@ class EmbeddingStore:
         for path in [*self.folder.glob("vectors-*.f32"), *self.folder.glob("keys-*.bin")]:
             path.unlink()
 
-    def _import_legacy_shards(self) -> None:
-        """Caches written before this store (one .npz per 256 texts) are moved into it once."""
+    def _import_legacy_shards(self) -> bool:
+        """Caches written before this store (one .npz per 256 texts) are moved into it once;
+        says whether there were any."""
         shards = sorted(self.folder.glob(_LEGACY_SHARDS))
         if not shards:
-            return
+            return False
         log.warning("embedding cache %s holds %d shards of the older format: moving them into "
                     "one store (once)", self.folder, len(shards))
         self._load(verify=True)
@@ -255,6 +262,7 @@ class EmbeddingStore:
             else:
                 self._append_unlocked(keys, vectors)
             shard.unlink()
+        return True
 
     def _append_unlocked(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if len(keys) == 0:
