@@ -82,9 +82,15 @@ class VectorIndex(ABC):
     def _query(self, queries: np.ndarray, k: int, with_vectors: bool) -> list[list]:
         """Scored points (with .id, .score and, when asked, .vector) per query."""
 
-    @abstractmethod
     def stored_vectors(self) -> np.ndarray:
         """Every stored vector in document order (unit length: cosine normalises on insert)."""
+        ids = list(range(len(self.doc_ids)))
+        by_id = {r.id: r.vector for r in self._retrieve(ids)}
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), self.dim)
+
+    @abstractmethod
+    def _retrieve(self, ids: list[int]) -> list:
+        """Stored points (with .id and .vector) of these ids, in any order."""
 
     @abstractmethod
     def count(self) -> int:
@@ -145,10 +151,8 @@ class EdgeIndex(VectorIndex):
                     for q in _rows(queries)]
         return self.shard.query_batch(qe.QueryBatchRequest(requests))
 
-    def stored_vectors(self) -> np.ndarray:
-        records = self.shard.retrieve(list(range(len(self.doc_ids))), False, True)
-        by_id = {r.id: r.vector for r in records}
-        return np.asarray([by_id[i] for i in range(len(self.doc_ids))], dtype=np.float32)
+    def _retrieve(self, ids: list[int]) -> list:
+        return self.shard.retrieve(ids, False, True)
 
     def count(self) -> int:
         return int(self.shard.count(self._qe.CountRequest()))
@@ -193,11 +197,8 @@ class ServerIndex(VectorIndex):
         responses = self.client.query_batch_points(self.collection, requests=requests)
         return [r.points for r in responses]
 
-    def stored_vectors(self) -> np.ndarray:
-        points = self.client.retrieve(self.collection, ids=list(range(len(self.doc_ids))),
-                                      with_vectors=True)
-        by_id = {p.id: p.vector for p in points}
-        return np.asarray([by_id[i] for i in range(len(self.doc_ids))], dtype=np.float32)
+    def _retrieve(self, ids: list[int]) -> list:
+        return self.client.retrieve(self.collection, ids=ids, with_vectors=True)
 
     def count(self) -> int:
         return int(self.client.count(self.collection, exact=True).count)
