@@ -102,8 +102,11 @@ def identity(config: Mapping[str, Any]) -> tuple[str, str]:
     return full, group
 
 
-def dataset_digest(dataset: RetrievalDataset) -> str:
-    """A short digest of what was evaluated: document ids, queries and judgments."""
+@functools.lru_cache(maxsize=8)
+def dataset_digest(**dataset_spec: Any) -> str:
+    """A short digest of what a dataset spec loads: document ids, queries and judgments (once per
+    process and spec, like the dataset itself)."""
+    dataset = load_dataset(**dataset_spec)
     blob = json.dumps([list(dataset.corpus), dataset.queries, dataset.qrels,
                        list(dataset.train_query_ids)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -153,6 +156,7 @@ def run_tracked_job(
 
     # the data are read and checked before any run exists: a rejected file leaves nothing behind
     dataset = load_dataset(**dataset_spec)
+    track = _StoreGuard(target.uri, output_dir)
     run: tracking.JobRun | None = None
     if target.enabled:
         experiment_id = tracking.prepare_store(target.uri, target.experiment)  # fails naming it
@@ -173,16 +177,14 @@ def run_tracked_job(
             _tags(settings, dataset_spec, full_hash, group_hash, label),
             parent_run_id,
         )
-        track_dataset = _StoreGuard(target.uri, output_dir)
-        track_dataset(run.log_dataset, dataset.name, dataset_digest(dataset),
-                      str(dataset_spec.get("path") or dataset_spec.get("task") or dataset.name))
         if not tracking.claim(client, experiment_id, full_hash, run.run_id, parent_run_id):
             run.stop_heartbeat()
             log.info("skipping %s seed %d: a live run of config %s started first", label,
                      settings.seed, full_hash)
             return {"skipped": True, "run_id": None, "config_hash": full_hash}
+        track(run.log_dataset, dataset.name, dataset_digest(**dataset_spec),
+              str(dataset_spec.get("path") or dataset_spec.get("task") or dataset.name))
 
-    track = _StoreGuard(target.uri, output_dir)
     per_query_rows: list[tuple[int, str, float]] = []
     summary: dict[str, Any] = {"config_hash": full_hash, "group_hash": group_hash,
                                "config_label": label, "cycles": []}
