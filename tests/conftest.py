@@ -73,7 +73,7 @@ def synthetic() -> RetrievalDataset:
 @pytest.fixture(scope="session")
 def encoded_synthetic(synthetic: RetrievalDataset, cache_dir: Path) -> EncodedDataset:
     """The synthetic collection's raw MiniLM embeddings (encoded once per session)."""
-    from chelation.experiment import encode_dataset
+    from chelation.protocol import encode_dataset
 
     encoder = CachedEncoder(MINILM, cache_dir, show_progress=False)
     return encode_dataset(synthetic, encoder)

@@ -601,7 +601,7 @@ def test_labels_shared_by_different_configurations_get_their_differing_params():
 
 
 def test_relative_sqlite_uris_are_made_absolute_for_the_notebook(tmp_path, monkeypatch) -> None:
-    from experiments.analyse import absolute_sqlite
+    from chelation_harness.analyse import absolute_sqlite
 
     monkeypatch.chdir(tmp_path)
     assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"

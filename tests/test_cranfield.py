@@ -10,8 +10,8 @@ import pytest
 
 from chelation.data import RetrievalDataset, load_beir
 from chelation.encoders import CachedEncoder
-from chelation.experiment import encode_dataset
 from chelation.metrics import per_query_scores
+from chelation.protocol import encode_dataset
 from chelation.retriever import ChelatedRetriever, EncodedDataset
 from chelation.settings import RunSettings, TrainingSettings
 

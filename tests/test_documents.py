@@ -12,7 +12,7 @@ import pytest
 from chelation.data import RetrievalDataset
 from chelation.documents import STUDENT_DOCUMENTS_FALLBACK, blend_documents, document_vectors
 from chelation.encoders import CachedEncoder
-from chelation.experiment import make_folds, run_job
+from chelation.protocol import make_folds, run_job
 from chelation.retriever import ChelatedRetriever, EncodedDataset
 from chelation.settings import (
     ChelationSettings,

@@ -13,11 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from chelation.data import make_synthetic
-from chelation.experiment import make_folds
 from chelation.export import ExportError, export_run
+from chelation.job import TrackingTarget, run_tracked_job
 from chelation.metrics import per_query_scores
-from chelation.runner import TrackingTarget, run_tracked_job
-from experiments.train import settings_from
+from chelation.protocol import make_folds
+from chelation_harness.train import settings_from
 from tests.test_harness import compose_with
 
 pytestmark = pytest.mark.slow

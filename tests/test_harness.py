@@ -17,11 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from chelation import tracking
 from chelation.settings import SettingsError
-from experiments.schema import register
-from experiments.train import settings_from
+from chelation_harness.schema import register
+from chelation_harness.train import settings_from
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "chelation_harness" / "conf"
 
 
 def compose_with(*overrides: str):
@@ -78,7 +78,7 @@ def test_wrong_type_fails_when_composing() -> None:
 
 def _train(tmp: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "experiments.train", *overrides,
+    cmd = [sys.executable, "-m", "chelation_harness.train", *overrides,
            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "show_progress=false"]
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
@@ -211,7 +211,7 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
-    from experiments.analyse import execute_notebook
+    from chelation_harness.analyse import execute_notebook
 
     out = sweep_store / "analysis"
     report = out / "RESULTS.md"
@@ -273,7 +273,7 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
 def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
     import json
 
-    from experiments.callbacks import sweep_table
+    from chelation_harness.callbacks import sweep_table
 
     for i, (label, seed, first, final) in enumerate([("baseline", 0, 0.30, 0.31),
                                                      ("frozen/x", 0, 0.33, 0.33)]):

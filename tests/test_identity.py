@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from chelation.runner import identity
-from experiments.train import settings_from
+from chelation.job import identity
+from chelation_harness.train import settings_from
 from tests.test_harness import compose_with
 
 

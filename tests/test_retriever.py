@@ -13,7 +13,7 @@ import torch
 import chelation.retriever as retriever_module
 from chelation.data import RetrievalDataset
 from chelation.encoders import CachedEncoder
-from chelation.experiment import Fold, make_folds, run_job
+from chelation.protocol import Fold, make_folds, run_job
 from chelation.retriever import ChelatedRetriever, EncodedDataset
 from chelation.settings import (
     ChelationSettings,

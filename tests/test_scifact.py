@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chelation.experiment import run_job
-from chelation.runner import load_dataset
+from chelation.job import load_dataset
+from chelation.protocol import run_job
 from chelation.settings import RunSettings, TrainingSettings
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
-from chelation.runner import DatasetSpec, TrackingTarget
+from chelation.job import DatasetSpec, TrackingTarget
 from chelation.settings import RunSettings, SettingsError
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
-from chelation.experiment import CycleRecord, JobResult, run_job
+from chelation.protocol import CycleRecord, JobResult, run_job
 from chelation.settings import DEFAULT_PRECISION, IndexSettings, Mode, RunSettings
 from chelation.signals import signals_interrupt
 

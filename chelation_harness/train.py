@@ -1,7 +1,7 @@
 """Train and evaluate one configuration (or a sweep with -m), logging every cycle to MLflow.
 
-    python -m experiments.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
-    python -m experiments.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
+    python -m chelation_harness.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
+    python -m chelation_harness.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from chelation.runner import TrackingTarget, run_tracked_job
+from chelation.job import TrackingTarget, run_tracked_job
 from chelation.settings import SettingsError
-from experiments.callbacks import parent_run_id
-from experiments.schema import ExperimentConfig, register
+from chelation_harness.callbacks import parent_run_id
+from chelation_harness.schema import ExperimentConfig, register
 
 log = logging.getLogger(__name__)
 register()
@@ -28,9 +28,9 @@ def settings_from(cfg: DictConfig) -> ExperimentConfig:
     unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
                            OmegaConf.to_container(OmegaConf.structured(ExperimentConfig)))
     if unknown:
-        raise SettingsError(f"unknown setting(s) {unknown}: the schema (experiments/schema.py) "
-                            "has no such key; check the spelling (a key added with '+' is "
-                            "checked like any other)")
+        raise SettingsError(f"unknown setting(s) {unknown}: the schema "
+                            "(chelation_harness/schema.py) has no such key; check the spelling "
+                            "(a key added with '+' is checked like any other)")
     return OmegaConf.to_object(cfg)
 
 
@@ -45,8 +45,8 @@ def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
     return out
 
 
-# An absolute path: a console script gives Hydra no calling file to resolve "../conf" against.
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+# An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
+CONF = str(Path(__file__).resolve().parent / "conf")
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
