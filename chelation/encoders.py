@@ -13,8 +13,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chelation.embedding_store import EmbeddingStore, text_keys
+from chelation.kinds import Precision
 from chelation.models import load_model, model_fingerprint, resolve_model
-from chelation.settings import BFLOAT16, DEFAULT_PRECISION
+from chelation.settings import DEFAULT_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class CachedEncoder:
 
     def precision_context(self) -> contextlib.AbstractContextManager:
         """Where the model's forward passes run: bfloat16 is CPU autocast, float32 as loaded."""
-        if self.precision == BFLOAT16:
+        if self.precision == Precision.BFLOAT16:
             import torch
 
             return torch.autocast("cpu", dtype=torch.bfloat16)

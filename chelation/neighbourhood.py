@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from chelation.kinds import Trigger, names
+
 
 def neighbourhood_entropy(neighbours: np.ndarray) -> np.ndarray:
     """Mean per-dimension variance of each neighbourhood. `neighbours` is (n_queries, k, dim)
@@ -24,13 +26,13 @@ def adaptive_threshold(history: np.ndarray, quantile: float) -> float:
 def should_chelate(entropies: np.ndarray, trigger: str, threshold: float) -> np.ndarray:
     """Boolean mask of neighbourhoods to chelate for trigger `adaptive`, `always` or `never`."""
     entropies = np.asarray(entropies)
-    if trigger == "always":
+    if trigger == Trigger.ALWAYS:
         return np.ones(entropies.shape, dtype=bool)
-    if trigger == "never":
+    if trigger == Trigger.NEVER:
         return np.zeros(entropies.shape, dtype=bool)
-    if trigger == "adaptive":
+    if trigger == Trigger.ADAPTIVE:
         return entropies >= threshold
-    raise ValueError(f"trigger={trigger!r} is not one of ['adaptive', 'always', 'never']")
+    raise ValueError(f"trigger={trigger!r} is not one of {names(Trigger)}")
 
 
 def centred_rerank(query: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from chelation.kinds import Projection
 from chelation.targets import l2_normalize
 
 
@@ -39,9 +40,9 @@ def fit_truncate(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
 
 
 PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "procrustes": fit_procrustes,
-    "lstsq": fit_least_squares,
-    "truncate": fit_truncate,
+    Projection.PROCRUSTES: fit_procrustes,
+    Projection.LSTSQ: fit_least_squares,
+    Projection.TRUNCATE: fit_truncate,
 }
 
 

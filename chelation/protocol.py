@@ -22,11 +22,12 @@ from chelation.data import (
 )
 from chelation.documents import DocumentChoice, document_vectors
 from chelation.encoders import CachedEncoder
+from chelation.kinds import Mode, Protocol
 from chelation.metrics import mean_and_std
 from chelation.query_cost import QueryCost, measure_query_cost
 from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
 from chelation.schedules import teacher_weight_at
-from chelation.settings import Mode, RunSettings
+from chelation.settings import RunSettings
 from chelation.teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,12 @@ def make_folds(query_ids: list[str], settings: RunSettings,
     """The (fit, validation, test) query sets of each fold. `split` and `kfold` divide the judged
     `query_ids`; `official` trains on the dataset's own `train_query_ids` (a validation slice of
     them judges the guard and model selection) and tests on every one of `query_ids`."""
-    if settings.protocol == "official":
+    if settings.protocol == Protocol.OFFICIAL:
         if not train_query_ids:
             raise ValueError("protocol=official needs a dataset with its own train queries "
                              "(set dataset.train_split, e.g. train for SciFact)")
         pairs = [(list(train_query_ids), list(query_ids))]
-    elif settings.protocol == "kfold":
+    elif settings.protocol == Protocol.KFOLD:
         pairs = kfold_queries(query_ids, settings.folds, settings.seed)
     else:
         pairs = [split_queries(query_ids, settings.test_fraction, settings.seed)]

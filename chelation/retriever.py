@@ -17,6 +17,7 @@ from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
 from chelation.data import RetrievalDataset
 from chelation.engine import open_index
 from chelation.events import CollapseLog
+from chelation.kinds import Mode
 from chelation.listwise import RankingTargets, teacher_ranking
 from chelation.metrics import mean_and_std, per_query_scores
 from chelation.neighbourhood import (
@@ -25,7 +26,7 @@ from chelation.neighbourhood import (
     neighbourhood_entropy,
     should_chelate,
 )
-from chelation.settings import EngineSettings, Mode, RunSettings
+from chelation.settings import EngineSettings, RunSettings
 from chelation.targets import blend_targets, homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher, TeacherUnavailable
 

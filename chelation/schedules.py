@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+from chelation.kinds import Schedule, names
 from chelation.targets import check_teacher_weight
-
-SCHEDULES = ("constant", "linear", "cosine")
 
 
 def teacher_weight_at(kind: str, cycle: int, n_cycles: int, start: float, end: float) -> float:
@@ -16,11 +15,11 @@ def teacher_weight_at(kind: str, cycle: int, n_cycles: int, start: float, end: f
     check_teacher_weight(end)
     if not 1 <= cycle <= max(n_cycles, 1):
         raise ValueError(f"cycle={cycle} is outside 1..{n_cycles}")
-    if kind == "constant":
+    if kind == Schedule.CONSTANT:
         return start
     progress = 0.0 if n_cycles <= 1 else (cycle - 1) / (n_cycles - 1)
-    if kind == "linear":
+    if kind == Schedule.LINEAR:
         return start + (end - start) * progress
-    if kind == "cosine":
+    if kind == Schedule.COSINE:
         return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"weight schedule={kind!r} is not one of {list(SCHEDULES)}")
+    raise ValueError(f"weight schedule={kind!r} is not one of {names(Schedule)}")

@@ -7,54 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
-PRECISIONS = ("float32", "bfloat16")  # float32 reproduces published figures
-DEFAULT_PRECISION, BFLOAT16 = PRECISIONS
+from chelation.kinds import (
+    DatasetKind,
+    DocumentKind,
+    Mode,
+    Precision,
+    Projection,
+    Protocol,
+    Schedule,
+    Trigger,
+    names,
+)
 
-
-class Mode(StrEnum):
-    """The training modes, and what each one needs. A mode is a string in configs and tags; every
-    module asks this type about it instead of spelling the names."""
-
-    FROZEN = "frozen"      # the control arm: the adapter is never trained
-    BASELINE = "baseline"  # homeostatic targets only
-    OFFLINE = "offline"    # teacher distillation first, then teacher targets
-    HYBRID = "hybrid"      # a per-cycle blend of homeostatic and teacher targets
-
-    @property
-    def trains(self) -> bool:
-        return self is not Mode.FROZEN
-
-    @property
-    def teacher_targets(self) -> bool:
-        """Its training targets come (at least in part) from a teacher."""
-        return self in (Mode.OFFLINE, Mode.HYBRID)
-
-    @property
-    def distils_first(self) -> bool:
-        return self is Mode.OFFLINE
-
-    @property
-    def blends_targets(self) -> bool:
-        """Its targets are a weighted blend, so the teacher weight schedule applies."""
-        return self is Mode.HYBRID
-
-    @property
-    def ignored_keys(self) -> tuple[str, ...]:
-        """Config keys (dotted prefixes) that cannot change what a job of this mode computes."""
-        if self is Mode.FROZEN:
-            return ("teacher.", "weight.", "training.", "chelation.", "adapter.")
-        if not self.teacher_targets:
-            return ("teacher.", "weight.")
-        return () if self.blends_targets else ("weight.",)
-
-
-MODES = tuple(m.value for m in Mode)
-TRIGGERS = ("adaptive", "always", "never")
-PROJECTION_KINDS = ("procrustes", "lstsq", "truncate")
-SCHEDULE_KINDS = ("constant", "linear", "cosine")
-PROTOCOLS = ("split", "kfold", "official")
-# What the index holds for each document (queries are always the student's): see chelation.documents
-DOCUMENT_KINDS = ("student", "teacher", "blend")
+# a kind is a string in configs: its type in chelation.kinds says which strings are allowed
+DEFAULT_PRECISION = Precision.FLOAT32.value
 
 
 class SettingsError(ValueError):
@@ -64,6 +30,10 @@ class SettingsError(ValueError):
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
         raise SettingsError(f"{key}={value!r} is invalid: expected {allowed}")
+
+
+def _require_kind(kind: type[StrEnum], key: str, value: object) -> None:
+    _require(value in names(kind), key, value, f"one of {names(kind)}")
 
 
 @dataclass
@@ -78,8 +48,7 @@ class EncoderSettings:
     def validate(self, prefix: str = "student") -> None:
         _require(bool(self.model), f"{prefix}.model", self.model, "a model id or path")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
-        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
-                 f"one of {list(PRECISIONS)}")
+        _require_kind(Precision, f"{prefix}.precision", self.precision)
 
 
 @dataclass
@@ -89,35 +58,32 @@ class TeacherSettings:
     name: str = "minilm"
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
-    projection: str = "procrustes"
+    projection: str = Projection.PROCRUSTES.value
     precision: str = DEFAULT_PRECISION
 
     def validate(self, prefix: str = "teacher") -> None:
-        _require(self.projection in PROJECTION_KINDS, f"{prefix}.projection", self.projection,
-                 f"one of {list(PROJECTION_KINDS)}")
+        _require_kind(Projection, f"{prefix}.projection", self.projection)
         _require(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, ">= 1")
-        _require(self.precision in PRECISIONS, f"{prefix}.precision", self.precision,
-                 f"one of {list(PRECISIONS)}")
+        _require_kind(Precision, f"{prefix}.precision", self.precision)
 
 
 @dataclass
 class WeightSchedule:
     """Teacher weight per cycle: `constant` uses `value`; `linear`/`cosine` anneal start -> end."""
 
-    schedule: str = "constant"
+    schedule: str = Schedule.CONSTANT.value
     value: float = 0.5
     start: float = 1.0
     end: float = 0.0
 
     def validate(self, prefix: str = "weight") -> None:
-        _require(self.schedule in SCHEDULE_KINDS, f"{prefix}.schedule", self.schedule,
-                 f"one of {list(SCHEDULE_KINDS)}")
+        _require_kind(Schedule, f"{prefix}.schedule", self.schedule)
         for name in ("value", "start", "end"):
             v = getattr(self, name)
             _require(0.0 <= v <= 1.0, f"{prefix}.{name}", v, "a teacher weight in [0, 1]")
 
     def endpoints(self) -> tuple[float, float]:
-        if self.schedule == "constant":
+        if self.schedule == Schedule.CONSTANT:
             return self.value, self.value
         return self.start, self.end
 
@@ -139,13 +105,12 @@ class ChelationSettings:
     """Query-time chelation: scout neighbourhood, entropy trigger, centred rerank."""
 
     scout_k: int = 10
-    trigger: str = "adaptive"
+    trigger: str = Trigger.ADAPTIVE.value
     threshold_quantile: float = 0.5
 
     def validate(self, prefix: str = "chelation") -> None:
         _require(self.scout_k >= 2, f"{prefix}.scout_k", self.scout_k, ">= 2")
-        _require(self.trigger in TRIGGERS, f"{prefix}.trigger", self.trigger,
-                 f"one of {list(TRIGGERS)}")
+        _require_kind(Trigger, f"{prefix}.trigger", self.trigger)
         _require(0.0 <= self.threshold_quantile <= 1.0, f"{prefix}.threshold_quantile",
                  self.threshold_quantile, "a value in [0, 1]")
 
@@ -172,7 +137,7 @@ class TrainingSettings:
         return Mode(self.mode).trains
 
     def validate(self, prefix: str = "training") -> None:
-        _require(self.mode in MODES, f"{prefix}.mode", self.mode, f"one of {list(MODES)}")
+        _require_kind(Mode, f"{prefix}.mode", self.mode)
         _require(self.push >= 0, f"{prefix}.push", self.push, ">= 0")
         _require(self.collapse_threshold >= 1, f"{prefix}.collapse_threshold",
                  self.collapse_threshold, ">= 1")
@@ -208,20 +173,20 @@ class IndexSettings:
     student's, so a query costs one student encoding whatever is chosen. `fit_queries` fits the
     teacher's projection on the corpus plus the training queries' texts (no labels)."""
 
-    documents: str = "student"
+    documents: str = DocumentKind.STUDENT.value
     teacher_weight: float = 0.5
     fit_queries: bool = False
 
     def validate(self, prefix: str = "index") -> None:
-        _require(self.documents in DOCUMENT_KINDS, f"{prefix}.documents", self.documents,
-                 f"one of {list(DOCUMENT_KINDS)}")
+        _require_kind(DocumentKind, f"{prefix}.documents", self.documents)
         _require(0.0 <= self.teacher_weight <= 1.0, f"{prefix}.teacher_weight",
                  self.teacher_weight, "a teacher weight in [0, 1]")
 
     @property
     def document_weight(self) -> float:
         """The teacher's share of every indexed document: 0 for `student`, 1 for `teacher`."""
-        return {"student": 0.0, "teacher": 1.0}.get(self.documents, self.teacher_weight)
+        shares = {DocumentKind.STUDENT: 0.0, DocumentKind.TEACHER: 1.0}
+        return shares.get(DocumentKind(self.documents), self.teacher_weight)
 
 
 @dataclass
@@ -231,7 +196,7 @@ class RunSettings:
     seed: int = 0
     cycles: int = 3
     queries_per_cycle: int = 50
-    protocol: str = "split"
+    protocol: str = Protocol.SPLIT.value
     test_fraction: float = 0.5
     folds: int = 5
     validation_fraction: float = 0.2
@@ -255,7 +220,7 @@ class RunSettings:
     def validate(self) -> RunSettings:
         _require(self.cycles >= 0, "cycles", self.cycles, ">= 0")
         _require(self.queries_per_cycle >= 1, "queries_per_cycle", self.queries_per_cycle, ">= 1")
-        _require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {list(PROTOCOLS)}")
+        _require_kind(Protocol, "protocol", self.protocol)
         _require(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction,
                  "a fraction in (0, 1)")
         _require(self.folds >= 2, "folds", self.folds, ">= 2")
@@ -271,3 +236,48 @@ class RunSettings:
     def __post_init__(self) -> None:
         # OmegaConf.to_object builds nested dataclasses first, so validating here covers them all.
         self.validate()
+
+
+@dataclass
+class DatasetSpec:
+    """Which collection a job runs on: generated, a BEIR folder, or an MTEB task."""
+
+    name: str = DatasetKind.SYNTHETIC.value
+    kind: str = DatasetKind.SYNTHETIC.value
+    path: str | None = None
+    split: str = "test"
+    task: str | None = None  # for `beir`: the MTEB task to load when `path` does not exist
+    seed: int = 0
+    train_split: str | None = None  # the collection's own training queries (protocol=official)
+
+    def validate(self, prefix: str = "dataset") -> None:
+        _require_kind(DatasetKind, f"{prefix}.kind", self.kind)
+        if self.kind == DatasetKind.BEIR:
+            _require(bool(self.path), f"{prefix}.path", self.path,
+                     f"a BEIR folder for dataset {self.name!r}")
+
+    @property
+    def source(self) -> str:
+        """Where the collection is read from, as a user would name it."""
+        return str(self.path or self.task or self.name)
+
+
+@dataclass
+class TrackingTarget:
+    """Where a job's runs go; `resume` skips configurations that already have a finished run."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "chelation"
+    resume: bool = True
+    enabled: bool = True
+
+
+@dataclass
+class JobConfig(RunSettings):
+    """One tracked job: what it computes (RunSettings), the data it runs on and where it is
+    recorded. The Hydra entry point composes exactly this; the job derives its identity, label
+    and tags from it."""
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    tracking: TrackingTarget = field(default_factory=TrackingTarget)
+    show_progress: bool = True

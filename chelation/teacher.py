@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from chelation.encoders import CachedEncoder
+from chelation.kinds import Projection
 from chelation.projection import fit_projection, project
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class Teacher:
     """Teacher targets in the student's frame. Nothing loads until `fit` is called; the projection
     is fitted once on the corpus (paired teacher/student embeddings of the same documents)."""
 
-    def __init__(self, encoder: CachedEncoder, projection: str = "procrustes"):
+    def __init__(self, encoder: CachedEncoder, projection: str = Projection.PROCRUSTES):
         self.encoder = encoder
         self.projection_kind = projection
         self.matrix: np.ndarray | None = None

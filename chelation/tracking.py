@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import logging
 import math
 import subprocess
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,28 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 ROLE_TAG = "chelation.role"
 _BATCH = 100
+# (cycle, query_id, ndcg_at_10) per job: what the analysis pairs configurations on
+PER_QUERY_FILE = "per_query_ndcg.csv"
+
+
+class Tag(StrEnum):
+    """The tags every job run carries; the analysis reads them back as columns of the same names."""
+
+    MODE = "mode"
+    TEACHER = "teacher"
+    STUDENT = "student"
+    DATASET = "dataset"
+    SEED = "seed"
+    SCHEDULE = "schedule"
+    PROJECTION = "projection"
+    PROTOCOL = "protocol"
+    INDEX_DOCUMENTS = "index_documents"
+    INDEX_TEACHER_WEIGHT = "index_teacher_weight"
+    CONFIG_HASH = "config_hash"  # the job's identity: what resume and the claim look for
+    GROUP_HASH = "group_hash"    # the same without the seed: what the analysis pairs seeds on
+    CONFIG_LABEL = "config_label"
+    FALLBACK = "fallback"
+    GIT_COMMIT = "git_commit"
 
 
 def with_busy_timeout(uri: str, seconds: int = 60) -> str:
@@ -99,25 +121,6 @@ def _experiment_id(uri: str, experiment: str) -> str:
         return client(uri).get_experiment_by_name(experiment).experiment_id
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {"a.b.c": value}."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def config_hash(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> str:
-    """Stable hash of a (nested) config, ignoring keys whose dotted name starts with `exclude`."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(exclude)}
-    blob = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def git_commit(folder: str | Path = ".") -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
@@ -133,7 +136,7 @@ def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
     """The finished run with this config hash, if any (what resume skips)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.config_hash = '{hash_}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0] if runs else None
@@ -223,7 +226,7 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
     live when they are siblings in this sweep. A run that loses deletes itself."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.config_hash = '{hash_}' and attributes.status != 'KILLED'",
+        filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status != 'KILLED'",
     )
     rivals = []
     for run in runs:

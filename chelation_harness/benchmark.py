@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from chelation.settings import MODES, Mode
+from chelation.kinds import MODES, Mode
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"

@@ -27,9 +27,10 @@ PHASES = ("generate_s", "setup_s", "scout_s", "sediment_s", "reindex_s", "evalua
 
 def one_size(n_docs: int, folds: int, seed: int) -> dict:
     from chelation.data.clustered import clustered_vectors
+    from chelation.kinds import Mode
     from chelation.protocol import run_encoded
     from chelation.retriever import EncodedDataset
-    from chelation.settings import Mode, RunSettings, TrainingSettings
+    from chelation.settings import RunSettings, TrainingSettings
 
     started = time.perf_counter()
     made = clustered_vectors(n_docs, seed=seed)

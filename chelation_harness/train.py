@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
@@ -14,22 +13,34 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from chelation.job import TrackingTarget, run_tracked_job
-from chelation.settings import SettingsError
+from chelation.job import run_tracked_job
+from chelation.settings import JobConfig, SettingsError
 from chelation_harness.callbacks import parent_run_id
-from chelation_harness.schema import ExperimentConfig, register
+from chelation_harness.schema import register
 
-log = logging.getLogger(__name__)
 register()
+# An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
+CONF = str(Path(__file__).resolve().parent / "conf")
 
 
-def settings_from(cfg: DictConfig) -> ExperimentConfig:
-    """Typed, range-checked settings; a bad value or a key the schema lacks raises naming it."""
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """One job; returns its final validation NDCG@10 (what a sweeper may optimise; never test)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    summary = run_tracked_job(job_config(cfg), hydra_cfg.runtime.output_dir,
+                              parent_run_id(hydra_cfg.sweep.dir) if multirun else None)
+    return summary.final_val_ndcg_at_10
+
+
+def job_config(cfg: DictConfig) -> JobConfig:
+    """The typed, range-checked job config; a bad value or a key the schema lacks raises naming
+    it."""
     unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
-                           OmegaConf.to_container(OmegaConf.structured(ExperimentConfig)))
+                           OmegaConf.to_container(OmegaConf.structured(JobConfig)))
     if unknown:
-        raise SettingsError(f"unknown setting(s) {unknown}: the schema "
-                            "(chelation_harness/schema.py) has no such key; check the spelling "
+        raise SettingsError(f"unknown setting(s) {unknown}: the schema (JobConfig in "
+                            "chelation/settings.py) has no such key; check the spelling "
                             "(a key added with '+' is checked like any other)")
     return OmegaConf.to_object(cfg)
 
@@ -43,28 +54,6 @@ def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
         elif isinstance(value, dict) and isinstance(schema[key], dict):
             out.extend(unknown_keys(value, schema[key], f"{prefix}{key}."))
     return out
-
-
-# An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
-CONF = str(Path(__file__).resolve().parent / "conf")
-
-
-@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    settings = settings_from(cfg)
-    hydra_cfg = HydraConfig.get()
-    parent = parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    config = OmegaConf.to_container(cfg, resolve=True)
-    summary = run_tracked_job(
-        dataset_spec=config["dataset"],
-        settings=settings,
-        config=config,
-        target=TrackingTarget(**config["tracking"]),
-        output_dir=hydra_cfg.runtime.output_dir,
-        parent_run_id=parent,
-        show_progress=settings.show_progress,
-    )
-    return summary.get("final_ndcg_at_10", summary.get("ndcg_at_10"))
 
 
 if __name__ == "__main__":

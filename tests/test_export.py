@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from chelation.data import make_synthetic
 from chelation.export import ExportError, export_run
-from chelation.job import TrackingTarget, run_tracked_job
+from chelation.job import run_tracked_job
 from chelation.metrics import per_query_scores
 from chelation.protocol import make_folds
-from chelation_harness.train import settings_from
+from chelation_harness.train import job_config
 from tests.test_harness import compose_with
 
 pytestmark = pytest.mark.slow
@@ -28,11 +27,9 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[str, str, dict]:
     cfg = compose_with("protocol=split", "cycles=2", "queries_per_cycle=20", "seed=3",
                        f"cache_dir={os.environ['CHELATION_TEST_CACHE']}", "show_progress=false",
                        f"tracking.uri={uri}", "tracking.experiment=export", *overrides)
-    settings = settings_from(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    summary = run_tracked_job(config["dataset"], settings, config, TrackingTarget(
-        **config["tracking"]), tmp_path / "job", show_progress=False)
-    return summary["run_id"], uri, {"settings": settings, "summary": summary}
+    config = job_config(cfg)
+    summary = run_tracked_job(config, tmp_path / "job")
+    return summary.run_id, uri, {"settings": config, "summary": summary}
 
 
 def test_exported_model_reproduces_the_runs_final_ndcg(tmp_path: Path) -> None:
@@ -56,8 +53,8 @@ def test_exported_model_reproduces_the_runs_final_ndcg(tmp_path: Path) -> None:
         run[q] = {dataset.doc_ids[j]: float(row[j]) for j in top}
     ndcg = np.mean([s["ndcg_at_10"] for s in per_query_scores(
         dataset.subset_qrels(test), run).values()])
-    final = job["summary"]["final_ndcg_at_10"]
-    assert job["summary"]["cycles"][-1]["ndcg_at_10"] != job["summary"]["cycles"][0]["ndcg_at_10"]
+    final = job["summary"].final_ndcg_at_10
+    assert job["summary"].cycles[-1]["ndcg_at_10"] != job["summary"].cycles[0]["ndcg_at_10"]
     assert abs(ndcg - final) < 1e-4, (ndcg, final)
 
 

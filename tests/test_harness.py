@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from chelation import tracking
 from chelation.settings import SettingsError
 from chelation_harness.schema import register
-from chelation_harness.train import settings_from
+from chelation_harness.train import job_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "chelation_harness" / "conf"
@@ -31,7 +31,7 @@ def compose_with(*overrides: str):
 
 
 def test_default_config_composes_into_valid_settings() -> None:
-    settings = settings_from(compose_with())
+    settings = job_config(compose_with())
     assert settings.training.mode == "baseline"
     assert settings.dataset.kind == "synthetic"
     assert settings.teacher.name == "minilm"
@@ -42,7 +42,7 @@ def test_default_config_composes_into_valid_settings() -> None:
                                        ["mode=offline", "teacher.projection=truncate"],
                                        ["protocol=kfold", "folds=3", "weight=cosine"]])
 def test_menu_choices_compose(overrides: list[str]) -> None:
-    settings = settings_from(compose_with(*overrides))
+    settings = job_config(compose_with(*overrides))
     settings.validate()
 
 
@@ -61,7 +61,7 @@ def test_unknown_mode_names_the_group_and_value() -> None:
 def test_out_of_range_values_fail_naming_the_key(override: str, key: str) -> None:
     cfg = compose_with(override)
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
-        settings_from(cfg)
+        job_config(cfg)
 
 
 def test_typo_in_a_key_fails_when_composing() -> None:
@@ -263,11 +263,11 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
     """As a user types it: `+experiment=<preset>` composes and validates, and so does every value
     of each key its sweep grid names."""
     cfg, grid = _compose_job(f"+experiment={preset}")
-    settings_from(cfg).validate()
+    job_config(cfg).validate()
     for key, values in grid.items():
         for value in str(values).split(","):
             job, _ = _compose_job(f"+experiment={preset}", f"{key}={value}")
-            settings_from(job).validate()
+            job_config(job).validate()
 
 
 def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:

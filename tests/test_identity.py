@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chelation.job import identity
-from chelation_harness.train import settings_from
+from chelation_harness.train import job_config
 from tests.test_harness import compose_with
 
 
@@ -18,7 +18,7 @@ def _config(*overrides: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     cfg = compose_with(*overrides)
-    settings_from(cfg)  # the same validation a job gets
+    job_config(cfg)  # the same validation a job gets
     return OmegaConf.to_container(cfg, resolve=False)
 
 
@@ -126,7 +126,7 @@ def test_precision_enters_the_hash_only_off_its_default(part: str) -> None:
 
 
 def test_the_mode_type_says_what_each_mode_needs() -> None:
-    from chelation.settings import MODES, Mode
+    from chelation.kinds import MODES, Mode
 
     assert MODES == ("frozen", "baseline", "offline", "hybrid")  # the order reports use
     assert [m for m in Mode if not m.trains] == [Mode.FROZEN]

@@ -10,7 +10,7 @@ import pytest
 
 from chelation.job import load_dataset
 from chelation.protocol import run_job
-from chelation.settings import RunSettings, TrainingSettings
+from chelation.settings import DatasetSpec, RunSettings, TrainingSettings
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
 MTEB_MINILM_NDCG10 = 0.6451  # MTEB's published all-MiniLM-L6-v2 SciFact test figure
@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SCIFACT.is_dir(),
 
 
 def test_frozen_minilm_on_the_300_test_claims_matches_mteb(cache_dir: Path) -> None:
-    dataset = load_dataset("beir", "scifact", str(SCIFACT), "test", train_split="train")
+    dataset = load_dataset(DatasetSpec(name="scifact", kind="beir", path=str(SCIFACT),
+                                       train_split="train"))
     settings = RunSettings(protocol="official", cycles=0, cache_dir=str(cache_dir),
                            training=TrainingSettings(mode="frozen"), query_cost_sample=4)
     result = run_job(dataset, settings, show_progress=False)

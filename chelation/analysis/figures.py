@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from chelation.analysis.stats import first_value
-from chelation.settings import MODES, Mode
+from chelation.kinds import MODES, Mode, Schedule
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,7 +54,7 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
     column = f"metrics.{metric}"
     if runs.empty or column not in runs:
         return None
-    is_curve = (runs["mode"] == Mode.HYBRID) & (runs["schedule"] == "constant") & \
+    is_curve = (runs["mode"] == Mode.HYBRID) & (runs["schedule"] == Schedule.CONSTANT) & \
         runs["weight"].notna()
     if not is_curve.any():
         return None

@@ -16,7 +16,7 @@ from chelation.analysis.stats import (
     compare_to_reference,
     student_documents_only,
 )
-from chelation.settings import Mode
+from chelation.kinds import Mode
 
 if TYPE_CHECKING:
     pass

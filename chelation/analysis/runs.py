@@ -5,35 +5,34 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from chelation.settings import MODES
-
-if TYPE_CHECKING:
-    pass
+from chelation.identity import NOT_IDENTITY
+from chelation.kinds import MODES
+from chelation.tracking import PER_QUERY_FILE, Tag
 
 log = logging.getLogger(__name__)
 
-PER_QUERY_ARTIFACT = "per_query_ndcg.csv"
+PER_QUERY_ARTIFACT = PER_QUERY_FILE
 MODE_ORDER = MODES
 # Columns lifted from tags (falling back to params) into short names, with their param fallback.
 _SHORT_COLUMNS = {
-    "mode": "training.mode",
-    "teacher": "teacher.name",
-    "student": "student.model",
-    "dataset": "dataset.name",
-    "protocol": "protocol",
-    "seed": "seed",
-    "schedule": "weight.schedule",
-    "projection": "teacher.projection",
-    "group_hash": None,
-    "config_hash": None,
-    "config_label": None,
-    "fallback": None,
-    "index_teacher_weight": None,
+    Tag.MODE: "training.mode",
+    Tag.TEACHER: "teacher.name",
+    Tag.STUDENT: "student.model",
+    Tag.DATASET: "dataset.name",
+    Tag.PROTOCOL: "protocol",
+    Tag.SEED: "seed",
+    Tag.SCHEDULE: "weight.schedule",
+    Tag.PROJECTION: "teacher.projection",
+    Tag.GROUP_HASH: None,
+    Tag.CONFIG_HASH: None,
+    Tag.CONFIG_LABEL: None,
+    Tag.FALLBACK: None,
+    Tag.INDEX_TEACHER_WEIGHT: None,
 }
 _PER_QUERY_META = ("group_hash", "config_label", "mode", "teacher", "student", "dataset",
                    "protocol", "seed", "index_weight")
@@ -90,7 +89,7 @@ def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
         col = raw.get(f"tags.{name}")
         if param is not None and f"params.{param}" in raw:
             col = raw[f"params.{param}"] if col is None else col.fillna(raw[f"params.{param}"])
-        short[name] = col if col is not None else pd.Series(np.nan, index=raw.index,
+        short[str(name)] = col if col is not None else pd.Series(np.nan, index=raw.index,
                                                             dtype=object)
     short["seed"] = pd.to_numeric(short["seed"], errors="coerce").astype("Int64")
     short["weight"] = pd.to_numeric(raw.get("params.weight.value",
@@ -110,7 +109,7 @@ def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 # Params that never tell configurations apart (bookkeeping, or covered by the label already).
-_LABEL_IGNORES = ("seed", "tracking.", "cache_dir", "engine.", "show_progress", "dataset.path")
+_LABEL_IGNORES = (*NOT_IDENTITY, "seed", "dataset.path")
 
 
 def disambiguated_labels(runs: pd.DataFrame) -> pd.Series:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from chelation.settings import MODES, Mode
+from chelation.kinds import MODES, Mode
 
 if TYPE_CHECKING:
     pass
