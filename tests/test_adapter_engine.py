@@ -17,22 +17,13 @@ from chelation.engine import EdgeIndex, open_index
 from chelation.events import CollapseLog
 from chelation.settings import EngineSettings
 from chelation.targets import l2_normalize
-
-
-def _unit_rows(seed: int, n: int, dim: int) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
+from tests.helpers import states_equal, unit_rows
 
 # --- adapter ---------------------------------------------------------------------------------
 
 
 def test_untrained_adapter_is_identity_on_unit_vectors() -> None:
-    x = _unit_rows(0, 50, 32)
+    x = unit_rows(0, 50, 32)
     adapter = ResidualAdapter(32, hidden_dim=16, seed=3)
     out = adapter.apply(x)
     assert out.dtype == np.float32
@@ -42,7 +33,7 @@ def test_untrained_adapter_is_identity_on_unit_vectors() -> None:
 
 
 def test_adapter_with_init_scale_is_not_identity() -> None:
-    x = _unit_rows(0, 50, 32)
+    x = unit_rows(0, 50, 32)
     adapter = ResidualAdapter(32, hidden_dim=16, seed=3, init_scale=0.5)
     assert np.abs(adapter.apply(x) - x).max() > 1e-2
 
@@ -52,7 +43,7 @@ def test_same_seed_same_init_other_seed_other_init() -> None:
     torch.manual_seed(999)  # the global RNG must not matter
     b = ResidualAdapter(24, hidden_dim=8, seed=7, init_scale=0.1)
     c = ResidualAdapter(24, hidden_dim=8, seed=8, init_scale=0.1)
-    assert _states_equal(a.state_dict(), b.state_dict())
+    assert states_equal(a.state_dict(), b.state_dict())
     assert not torch.equal(a.down.weight, c.down.weight)
     assert not torch.equal(a.up.weight, c.up.weight)
 
@@ -62,8 +53,8 @@ def test_apply_empty_input() -> None:
 
 
 def test_fit_adapter_reduces_loss_and_moves_towards_targets() -> None:
-    raw = _unit_rows(1, 64, 16)
-    targets = l2_normalize(raw + 0.5 * _unit_rows(2, 64, 16))
+    raw = unit_rows(1, 64, 16)
+    targets = l2_normalize(raw + 0.5 * unit_rows(2, 64, 16))
     adapter = ResidualAdapter(16, hidden_dim=32, seed=0)
     before_state = adapter.snapshot()
     x, y = torch.from_numpy(raw), torch.from_numpy(targets)
@@ -75,27 +66,27 @@ def test_fit_adapter_reduces_loss_and_moves_towards_targets() -> None:
     assert loss_after < 0.5 * loss_before
     assert last < loss_before
     assert not adapter.training  # left in eval mode
-    assert not _states_equal(before_state, adapter.state_dict())
+    assert not states_equal(before_state, adapter.state_dict())
     # the snapshot is a copy, not a view of the live parameters
     assert torch.count_nonzero(before_state["up.weight"]) == 0
 
 
 def test_fit_adapter_is_deterministic_for_a_seed() -> None:
-    raw = _unit_rows(1, 40, 8)
-    targets = _unit_rows(2, 40, 8)
+    raw = unit_rows(1, 40, 8)
+    targets = unit_rows(2, 40, 8)
     a, b = ResidualAdapter(8, 16, seed=0), ResidualAdapter(8, 16, seed=0)
     fit_adapter(a, raw, targets, epochs=5, lr=1e-2, batch_size=8, seed=42)
     fit_adapter(b, raw, targets, epochs=5, lr=1e-2, batch_size=8, seed=42)
-    assert _states_equal(a.state_dict(), b.state_dict())
+    assert states_equal(a.state_dict(), b.state_dict())
 
 
 def test_fit_adapter_nothing_to_fit_returns_nan_and_changes_nothing() -> None:
     adapter = ResidualAdapter(8, 16, seed=0)
     before = adapter.snapshot()
     assert np.isnan(fit_adapter(adapter, np.zeros((0, 8)), np.zeros((0, 8)), 5, 1e-2, 4, 0))
-    raw = _unit_rows(0, 4, 8)
+    raw = unit_rows(0, 4, 8)
     assert np.isnan(fit_adapter(adapter, raw, raw, 0, 1e-2, 4, 0))
-    assert _states_equal(before, adapter.state_dict())
+    assert states_equal(before, adapter.state_dict())
 
 
 # --- collapse log ----------------------------------------------------------------------------
@@ -139,7 +130,7 @@ def _brute_force(docs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
 
 def test_search_returns_original_ids_in_exact_cosine_order(engine_settings) -> None:
     n, dim, k = 300, 24, 15
-    docs = _unit_rows(10, n, dim)
+    docs = unit_rows(10, n, dim)
     doc_ids = [f"doc-{(7 * i) % n}x" for i in range(n)]  # not positions, not sorted
     queries = np.random.default_rng(11).normal(size=(12, dim)).astype(np.float32)
     index = open_index(dim, engine_settings)
@@ -160,10 +151,10 @@ def test_replace_vectors_then_stored_vectors_round_trip(engine_settings) -> None
     n, dim = 8200, 8  # more than one upsert batch
     index = open_index(dim, engine_settings)
     try:
-        first = _unit_rows(1, n, dim)
+        first = unit_rows(1, n, dim)
         index.index([str(i) for i in range(n)], first)
         np.testing.assert_allclose(index.stored_vectors(), first, atol=1e-6)
-        second = _unit_rows(2, n, dim)
+        second = unit_rows(2, n, dim)
         index.replace_vectors(second)
         np.testing.assert_allclose(index.stored_vectors(), second, atol=1e-6)
         # searches see the new vectors, ids unchanged
@@ -181,7 +172,7 @@ def test_new_index_on_existing_folder_starts_empty(tmp_path: Path) -> None:
     settings = EngineSettings(location=str(tmp_path / "q"), collection="c")
     index = open_index(4, settings)
     assert isinstance(index, EdgeIndex)
-    index.index(["a", "b"], _unit_rows(0, 2, 4))
+    index.index(["a", "b"], unit_rows(0, 2, 4))
     assert index.count() == 2
     index.close()
     again = open_index(4, settings)
@@ -193,14 +184,14 @@ def test_new_index_on_existing_folder_starts_empty(tmp_path: Path) -> None:
 
 def test_temporary_shard_is_removed_on_close() -> None:
     index = open_index(4, EngineSettings())
-    index.index(["a"], _unit_rows(0, 1, 4))
+    index.index(["a"], unit_rows(0, 1, 4))
     assert index.path.exists()
     index.close()
     assert not index.path.exists()
 
 
 def test_edge_top_100_matches_exact_numpy_on_a_larger_index() -> None:
-    docs, queries = _unit_rows(20, 5000, 64), _unit_rows(21, 40, 64)
+    docs, queries = unit_rows(20, 5000, 64), unit_rows(21, 40, 64)
     index = open_index(64)
     try:
         index.index([str(i) for i in range(len(docs))], docs)
@@ -225,7 +216,7 @@ def test_engine_errors_name_the_key_and_value(tmp_path: Path) -> None:
 def test_a_large_input_is_applied_in_slices_with_the_same_result() -> None:
     from chelation.adapter import _MANY_ROWS
 
-    x = _unit_rows(5, _MANY_ROWS + 123, 16)
+    x = unit_rows(5, _MANY_ROWS + 123, 16)
     adapter = ResidualAdapter(16, hidden_dim=8, seed=1, init_scale=0.3)
     whole = adapter.apply(x)
     pieces = np.concatenate([adapter.apply(x[:1000]), adapter.apply(x[1000:_MANY_ROWS - 1]),

@@ -23,12 +23,7 @@ from chelation.settings import (
 )
 from chelation.targets import mean_cosine
 from chelation.teacher import Teacher
-
-
-def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
+from tests.helpers import unit_rows
 
 # --- the pure blend -------------------------------------------------------------------------
 
@@ -36,7 +31,7 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 @pytest.mark.parametrize("w", [0.2, 0.8])
 def test_blend_is_the_weighted_sum_in_the_right_order(w: float) -> None:
     rng = np.random.default_rng(0)
-    s, t = _unit(rng, 50, 16), _unit(rng, 50, 16)
+    s, t = unit_rows(rng, 50, 16), unit_rows(rng, 50, 16)
     expected = (1 - w) * s.astype(np.float64) + w * t
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(blend_documents(s, t, w), expected, atol=1e-6)
@@ -46,7 +41,7 @@ def test_blend_is_the_weighted_sum_in_the_right_order(w: float) -> None:
 
 def test_cosine_to_the_teacher_rises_with_the_weight() -> None:
     rng = np.random.default_rng(1)
-    s, t = _unit(rng, 200, 32), _unit(rng, 200, 32)
+    s, t = unit_rows(rng, 200, 32), unit_rows(rng, 200, 32)
     cosines = [mean_cosine(blend_documents(s, t, w), t) for w in (0, 0.25, 0.5, 0.75, 1)]
     assert all(a < b for a, b in zip(cosines, cosines[1:], strict=False))
     assert cosines[-1] == pytest.approx(1.0, abs=1e-6)
@@ -54,7 +49,7 @@ def test_cosine_to_the_teacher_rises_with_the_weight() -> None:
 
 def test_blend_at_zero_is_the_student_bit_for_bit() -> None:
     rng = np.random.default_rng(2)
-    s, t = _unit(rng, 20, 8), _unit(rng, 20, 8)
+    s, t = unit_rows(rng, 20, 8), unit_rows(rng, 20, 8)
     np.testing.assert_array_equal(blend_documents(s, t, 0.0), s)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chelation.job import identity
+from chelation.identity import config_label, identity
 from chelation_harness.train import job_config
 from tests.test_harness import compose_with
 
@@ -134,3 +134,52 @@ def test_the_mode_type_says_what_each_mode_needs() -> None:
     assert [m for m in Mode if m.distils_first] == [Mode.OFFLINE]
     assert [m for m in Mode if m.blends_targets] == [Mode.HYBRID]
     assert Mode("hybrid") == "hybrid" and {Mode.FROZEN: 1}["frozen"] == 1  # a string in configs
+
+
+def test_the_typed_config_hashes_like_the_dict_hydra_composes() -> None:
+    """The job hashes its JobConfig; runs made when the dict was hashed keep their identity."""
+    from omegaconf import OmegaConf
+
+    for overrides in (("mode=hybrid", "teacher=mpnet", "weight=linear"),
+                      ("mode=frozen", "index.documents=blend", "adapter.init_scale=0.1"),
+                      ("mode=offline", "student.precision=bfloat16", "seed=4")):
+        cfg = compose_with(*overrides)
+        assert identity(job_config(cfg)) == identity(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.mark.parametrize(("overrides", "label"), [
+    (("mode=frozen",), "frozen/all-MiniLM-L6-v2"),
+    (("mode=baseline",), "baseline"),
+    (("mode=offline", "teacher=mpnet"), "offline/mpnet/procrustes"),
+    (("mode=hybrid", "weight.value=0.3"), "hybrid/minilm/constant:0.3/procrustes"),
+    (("mode=hybrid", "weight=linear", "teacher.projection=lstsq"),
+     "hybrid/minilm/linear:1->0/lstsq"),
+    (("mode=frozen", "teacher=mpnet", "index.documents=blend", "index.teacher_weight=0.25"),
+     "frozen/all-MiniLM-L6-v2/docs:mpnet@0.25"),
+    (("mode=baseline", "teacher=mpnet", "index.documents=teacher", "index.fit_queries=true"),
+     "baseline/docs:mpnet+queries@1"),
+    (("mode=baseline", "student.precision=bfloat16"), "baseline/all-MiniLM-L6-v2:bfloat16"),
+])
+def test_the_label_names_the_mode_and_only_what_it_depends_on(overrides, label) -> None:
+    assert config_label(job_config(compose_with(*overrides))) == label
+
+
+def test_a_job_summary_reports_validation_for_a_search_and_test_for_people() -> None:
+    from chelation.job import JobSummary
+
+    ran = JobSummary("h", "g", "baseline", cycles=[
+        {"cycle": 0, "ndcg_at_10": 0.5, "val_ndcg_at_10": 0.6},
+        {"cycle": 1, "ndcg_at_10": 0.55, "val_ndcg_at_10": 0.58}],
+        figures={"final_ndcg_at_10": 0.55})
+    assert (ran.final_ndcg_at_10, ran.final_val_ndcg_at_10) == (0.55, 0.58)
+    record = ran.to_json()
+    assert record["final_ndcg_at_10"] == 0.55 and record["config_label"] == "baseline"
+    assert "skipped" not in record
+    # a skipped job carries the finished run's figures; no validation slice: None, not NaN
+    skipped = JobSummary("h", "g", "baseline", run_id="r", skipped=True,
+                         figures={"final_ndcg_at_10": 0.4})
+    assert skipped.final_ndcg_at_10 == 0.4 and skipped.final_val_ndcg_at_10 is None
+    assert skipped.to_json()["skipped"] is True
+    no_val = JobSummary("h", "g", "baseline", cycles=[{"cycle": 0, "ndcg_at_10": 0.5,
+                                                       "val_ndcg_at_10": float("nan")}])
+    assert no_val.final_val_ndcg_at_10 is None

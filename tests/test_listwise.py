@@ -8,16 +8,12 @@ import torch
 
 from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
 from chelation.listwise import RankingTargets, listwise_kl, teacher_ranking
-from chelation.targets import l2_normalize
-
-
-def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
-    return l2_normalize(rng.normal(size=(n, dim)))
+from tests.helpers import unit_rows
 
 
 def test_teacher_ranking_keeps_the_teachers_top_k_and_a_distribution() -> None:
     rng = np.random.default_rng(0)
-    queries, docs = _unit(rng, 5), _unit(rng, 40)
+    queries, docs = unit_rows(rng, 5), unit_rows(rng, 40)
     top, probs = teacher_ranking(queries, docs, k=8, temperature=0.05)
     assert top.shape == probs.shape == (5, 8)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
@@ -32,12 +28,12 @@ def test_teacher_ranking_keeps_the_teachers_top_k_and_a_distribution() -> None:
 def test_teacher_ranking_rejects_a_non_positive_temperature() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="listwise_temperature=0"):
-        teacher_ranking(_unit(rng, 2), _unit(rng, 4), k=2, temperature=0)
+        teacher_ranking(unit_rows(rng, 2), unit_rows(rng, 4), k=2, temperature=0)
 
 
 def test_kl_is_zero_when_the_student_ranks_as_the_teacher_and_positive_otherwise() -> None:
     rng = np.random.default_rng(1)
-    q, d = _unit(rng, 3), _unit(rng, 30)
+    q, d = unit_rows(rng, 3), unit_rows(rng, 30)
     top, probs = teacher_ranking(q, d, k=6, temperature=0.1)
     qt, dt = torch.from_numpy(q).float(), torch.from_numpy(d[top]).float()
     same = listwise_kl(qt, dt, torch.from_numpy(probs), temperature=0.1)
@@ -48,8 +44,8 @@ def test_kl_is_zero_when_the_student_ranks_as_the_teacher_and_positive_otherwise
 
 def test_listwise_term_moves_the_students_ranking_towards_the_teacher() -> None:
     rng = np.random.default_rng(2)
-    student_q, student_d = _unit(rng, 20), _unit(rng, 60)
-    teacher_q, teacher_d = _unit(rng, 20), _unit(rng, 60)  # an unrelated teacher
+    student_q, student_d = unit_rows(rng, 20), unit_rows(rng, 60)
+    teacher_q, teacher_d = unit_rows(rng, 20), unit_rows(rng, 60)  # an unrelated teacher
     top, probs = teacher_ranking(teacher_q, teacher_d, k=8, temperature=0.05)
     term = ListwiseTerm(RankingTargets(student_q, top, probs), student_d, weight=1.0,
                         temperature=0.05)

@@ -36,12 +36,7 @@ from chelation.targets import (
     l2_normalize,
     mean_cosine,
 )
-
-
-def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    x = rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
+from tests.helpers import unit_rows
 
 # --- targets ---------------------------------------------------------------------------------
 
@@ -53,8 +48,8 @@ def test_l2_normalize_rows_and_zero_rows() -> None:
 
 def test_homeostatic_targets_move_away_from_centre_and_are_unit() -> None:
     rng = np.random.default_rng(0)
-    v = _unit_rows(rng, 20, 16)
-    centres = l2_normalize(v + 0.5 * _unit_rows(rng, 20, 16))
+    v = unit_rows(rng, 20, 16)
+    centres = l2_normalize(v + 0.5 * unit_rows(rng, 20, 16))
     t = homeostatic_targets(v, centres, push=0.3)
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-6)
     before = np.linalg.norm(v - centres, axis=1)
@@ -75,8 +70,8 @@ def test_homeostatic_target_hand_case() -> None:
 
 def test_homeostatic_push_zero_is_identity_and_negative_push_raises() -> None:
     rng = np.random.default_rng(1)
-    v = _unit_rows(rng, 5, 8)
-    c = _unit_rows(rng, 5, 8)
+    v = unit_rows(rng, 5, 8)
+    c = unit_rows(rng, 5, 8)
     np.testing.assert_allclose(homeostatic_targets(v, c, 0.0), v, atol=1e-6)
     with pytest.raises(ValueError, match="push"):
         homeostatic_targets(v, c, -0.1)
@@ -84,8 +79,8 @@ def test_homeostatic_push_zero_is_identity_and_negative_push_raises() -> None:
 
 def test_blend_targets_endpoints_and_interior() -> None:
     rng = np.random.default_rng(2)
-    h = _unit_rows(rng, 10, 12)
-    t = _unit_rows(rng, 10, 12)
+    h = unit_rows(rng, 10, 12)
+    t = unit_rows(rng, 10, 12)
     np.testing.assert_allclose(blend_targets(h, t, 0.0), h, atol=1e-6)
     np.testing.assert_allclose(blend_targets(h, t, 1.0), t, atol=1e-6)
     for w in (0.25, 0.5, 0.75):
@@ -101,7 +96,7 @@ def test_blend_targets_endpoints_and_interior() -> None:
 @pytest.mark.parametrize("bad", [1.5, -0.2, float("nan")])
 def test_teacher_weight_outside_unit_interval_raises_naming_value(bad: float) -> None:
     rng = np.random.default_rng(3)
-    h = _unit_rows(rng, 3, 4)
+    h = unit_rows(rng, 3, 4)
     with pytest.raises(ValueError, match=str(bad)):
         blend_targets(h, h, bad)
     with pytest.raises(ValueError, match=str(bad)):

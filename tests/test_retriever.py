@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import chelation.retriever as retriever_module
 from chelation.data import RetrievalDataset
@@ -25,6 +24,7 @@ from chelation.settings import (
 )
 from chelation.targets import homeostatic_targets, mean_cosine
 from chelation.teacher import Teacher
+from tests.helpers import states_equal
 
 N_BATCH = 20
 
@@ -43,10 +43,6 @@ def _settings(cache_dir: Path, mode: str = "baseline", trigger: str = "always",
         chelation=ChelationSettings(trigger=trigger),
         training=TrainingSettings(mode=mode, **training),
     )
-
-
-def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +89,7 @@ def test_baseline_always_chelates_trains_and_reindexes(
         assert not result.rollback
         assert result.fallback == "none"
         assert math.isfinite(result.train_loss)
-        assert not _states_equal(before, r.adapter.state_dict())
+        assert not states_equal(before, r.adapter.state_dict())
         assert np.abs(r.index.stored_vectors() - stored_before).max() > 1e-4
         _assert_index_is_adapted_raw(r, encoded_synthetic)
         assert r.collapses.n_events == 0  # the log starts afresh each cycle
@@ -113,7 +109,7 @@ def test_trigger_never_logs_no_events_and_does_not_train(
         assert r.collapses.n_events == 0
         result = r.sediment(0.0)
         assert result.n_targets == 0
-        assert _states_equal(before, r.adapter.state_dict())
+        assert states_equal(before, r.adapter.state_dict())
     finally:
         r.close()
 
@@ -141,7 +137,7 @@ def test_frozen_chelates_at_query_time_but_never_trains(
         assert r.run_queries(fold.fit[:N_BATCH]).n_chelated == N_BATCH
         result = r.sediment(0.0)
         assert result.n_targets == 0
-        assert _states_equal(before, r.adapter.state_dict())
+        assert states_equal(before, r.adapter.state_dict())
         # the untrained adapter is the identity: the index holds the raw unit embeddings
         np.testing.assert_allclose(r.index.stored_vectors(), encoded_synthetic.docs, atol=1e-5)
     finally:
@@ -308,7 +304,7 @@ def test_collapse_guard_compares_with_the_better_of_last_accepted_and_untrained(
         second = r.sediment(0.0)
         assert second.n_targets > 0
         assert (second.val_before, second.val_after, second.rollback) == (0.497, 0.494, True)
-        assert _states_equal(state_first, r.adapter.state_dict())
+        assert states_equal(state_first, r.adapter.state_dict())
         np.testing.assert_allclose(r.index.stored_vectors(), after_first, atol=1e-6)
         assert r.validation_ndcg() == 0.497
     finally:
@@ -340,7 +336,7 @@ def test_collapse_guard_rolls_back_a_destructive_update(
             else:
                 assert result.rollback
                 assert result.val_after < result.val_before - 0.001  # the drop stays on record
-                assert _states_equal(before, r.adapter.state_dict())
+                assert states_equal(before, r.adapter.state_dict())
                 np.testing.assert_allclose(r.index.stored_vectors(), stored_before, atol=1e-6)
                 assert r.evaluate(fold.val).ndcg_at_10 == pytest.approx(val_before)
         finally:

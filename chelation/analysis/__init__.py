@@ -4,16 +4,16 @@ here, so `from chelation import analysis as ca` reaches it.
 
 Conventions of the frames passed around:
 
-- runs (from `load_runs`): one row per finished job run; short columns ``run_id``, ``mode``,
-  ``teacher``, ``student``, ``dataset``, ``protocol``, ``seed``, ``schedule``, ``projection``,
-  ``group_hash``, ``config_hash``, ``config_label``, ``weight`` (float ``weight.value``), and every
-  tag, param and latest metric as ``tags.*``, ``params.*``, ``metrics.*``. A run's latest metric is
+- runs (from `load_runs`): one row per finished job run; short columns `run_id`, `mode`,
+  `teacher`, `student`, `dataset`, `protocol`, `seed`, `schedule`, `projection`,
+  `group_hash`, `config_hash`, `config_label`, `weight` (float `weight.value`), and every
+  tag, param and latest metric as `tags.*`, `params.*`, `metrics.*`. A run's latest metric is
   the one at its highest step, i.e. its final cycle.
-- per-query (from `load_per_query`): ``run_id``, ``cycle``, ``query_id`` (str), ``ndcg_at_10``
-  plus the run's ``group_hash``, ``config_label``, ``mode``, ``teacher``, ``student``, ``dataset``,
-  ``protocol`` and ``seed``.
+- per-query (from `load_per_query`): `run_id`, `cycle`, `query_id` (str), `ndcg_at_10`
+  plus the run's `group_hash`, `config_label`, `mode`, `teacher`, `student`, `dataset`,
+  `protocol` and `seed`.
 
-A configuration is a ``group_hash`` (the config without the seed); its seeds are its replicates.
+A configuration is a `group_hash` (the config without the seed); its seeds are its replicates.
 Differences are paired on query ids (and on seeds when both arms ran the same seeds, since a seed
 decides the query split), so per-query difficulty cancels out. MLflow and matplotlib are imported
 only inside the functions that need them.

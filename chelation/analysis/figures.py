@@ -40,6 +40,11 @@ def _panel_title(key: tuple[Any, ...]) -> str:
     return " / ".join(str(k).rstrip("/").split("/")[-1] for k in key if k is not None)
 
 
+def _mode_linestyle(mode: str) -> str:
+    styles = ("-", "--", ":", "-.")
+    return styles[MODES.index(mode) % len(styles)] if mode in MODES else "-"
+
+
 def _order(frame: pd.DataFrame) -> tuple[int, str]:
     mode = first_value(frame, "mode")
     rank = MODES.index(mode) if mode in MODES else len(MODES)
@@ -73,14 +78,13 @@ def plot_ndcg_vs_weight(runs: pd.DataFrame, metric: str = "ndcg_at_10") -> Figur
                             alpha=0.15)
             ax.scatter(line["weight"], line[column], s=10, color=drawn.get_color(), alpha=0.5)
         # the arms every curve is read against; other configurations are in the table
-        others = part[part["mode"].isin([Mode.FROZEN, Mode.BASELINE])]
-        styles = {Mode.FROZEN: "-", Mode.BASELINE: "--", Mode.OFFLINE: ":", Mode.HYBRID: "-."}
+        others = part[[not Mode(m).teacher_targets for m in part["mode"]]]
         for _, ref in sorted(others.groupby("group_hash"), key=lambda kv: _order(kv[1])):
             values = ref[column].dropna()
             if values.empty:
                 continue
             mode = first_value(ref, "mode")
-            line = ax.axhline(values.mean(), linestyle=styles.get(mode, "-"), linewidth=1.2,
+            line = ax.axhline(values.mean(), linestyle=_mode_linestyle(mode), linewidth=1.2,
                               color="black" if mode == Mode.FROZEN else next(colours),
                               label=f"{first_value(ref, 'config_label')} (n={len(values)})")
             if len(values) > 1:

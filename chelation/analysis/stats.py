@@ -210,10 +210,10 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     The reference is `reference_group` if given, else the frozen arm (mode == Mode.FROZEN) with
     the same student, dataset and protocol; without a frozen arm a configuration is compared
     with cycle 0 of its own runs (the untrained model of the same splits), and the
-    ``reference`` column says so. Columns: see TABLE_COLUMNS. ``ndcg_mean``/``ci_*`` are over
-    the configuration's own queries; ``diff_*``, the p-values, ``mde_80`` and
-    ``ratio_to_frozen`` over the queries both arms scored. ``p_seeds`` is a paired t-test of
-    per-seed means (NaN below two common seeds); ``p_holm`` is ``p_ttest`` Holm-adjusted over
+    `reference` column says so. Columns: see TABLE_COLUMNS. `ndcg_mean`/`ci_*` are over
+    the configuration's own queries; `diff_*`, the p-values, `mde_80` and
+    `ratio_to_frozen` over the queries both arms scored. `p_seeds` is a paired t-test of
+    per-seed means (NaN below two common seeds); `p_holm` is `p_ttest` Holm-adjusted over
     all comparisons in the table. The reference row carries NaN differences and ratio 1.
     """
     required = {"group_hash", "seed", "cycle", "query_id", "ndcg_at_10"}
@@ -285,7 +285,7 @@ def select_on_validation(runs_df: pd.DataFrame, modes: Sequence[str] = MODES,
                          ) -> dict[str, Any] | None:
     """The configuration (group_hash) among `modes` with the highest mean over seeds of its final
     validation metric; None if no run of those modes has one. Only validation metrics (names
-    starting with ``val_``) are accepted: choosing on test figures would leak. Candidates share
+    starting with `val_`) are accepted: choosing on test figures would leak. Candidates share
     one query-side model, `student` (default: the student of most runs), so the choice never
     buys quality with a costlier query encoder; the frozen student itself is a candidate, and
     when it wins the answer is "no change"."""

@@ -19,14 +19,14 @@ from chelation.data.dataset import DatasetError, RetrievalDataset, finalise, wit
 
 __all__ = ["load_beir"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, text)`` for the non-blank lines of a UTF-8 file."""
+    """Yield `(line number, text)` for the non-blank lines of a UTF-8 file."""
     if not path.is_file():
         raise DatasetError("file not found", path)
     with path.open("rb") as fh:
@@ -52,7 +52,7 @@ def _string_field(record: dict[str, Any], key: str, path: Path, lineno: int) -> 
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Yield ``(line number, id, record)``; ids are strings and unique within the file."""
+    """Yield `(line number, id, record)`; ids are strings and unique within the file."""
     seen: dict[str, int] = {}
     for lineno, text in _lines(path):
         try:
@@ -88,7 +88,7 @@ def _read_corpus(path: Path) -> dict[str, str]:
     empty = [d for d, text in corpus.items() if not text.strip()]
     if empty:
         # kept (their judgments stay valid), but every model embeds them alike
-        logger.warning("%s: %d document(s) with no title and no text: %s", path, len(empty),
+        log.warning("%s: %d document(s) with no title and no text: %s", path, len(empty),
                     ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""))
     return corpus
 
@@ -135,7 +135,7 @@ def _read_qrels(
                     path,
                     lineno,
                 )
-            logger.warning("%s, line %d: repeated judgment ignored", path, lineno)
+            log.warning("%s, line %d: repeated judgment ignored", path, lineno)
             continue
         judged[doc_id] = score
     if not any(s > 0 for docs in qrels.values() for s in docs.values()):
@@ -145,20 +145,10 @@ def _read_qrels(
 
 def load_beir(folder: str | Path, split: str = "test", name: str | None = None,
               train_split: str | None = None) -> RetrievalDataset:
-    """Load a BEIR-layout collection.
-
-    Args:
-        folder: directory holding ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/``.
-        split: which ``qrels/<split>.tsv`` to read.
-        name: dataset name; defaults to the folder's name.
-        train_split: a ``qrels/<train_split>.tsv`` whose queries become ``train_query_ids``.
-
-    Returns:
-        The dataset, with only the queries that have a positive judgment in ``split``.
-
-    Raises:
-        DatasetError: a file is missing or malformed; the message names file and line.
-    """
+    """The BEIR collection in `folder` (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`),
+    keeping the queries with a positive judgment in `split`; `name` defaults to the folder's name.
+    The judged queries of `qrels/<train_split>.tsv`, if given, become `train_query_ids`. A missing
+    or malformed file raises DatasetError naming the file and line."""
     root = Path(folder)
     corpus = _read_corpus(root / "corpus.jsonl")
     queries = _read_queries(root / "queries.jsonl")
@@ -168,7 +158,7 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None,
         train_path = root / "qrels" / f"{train_split}.tsv"
         train = finalise(dataset.name, corpus, queries, _read_qrels(train_path, corpus, queries))
         dataset = with_train_queries(dataset, train, train_path)
-    logger.info(
+    log.info(
         "loaded %s (%s split): %d documents, %d judged queries (%d train), %d judgments",
         dataset.name,
         split,

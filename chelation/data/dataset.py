@@ -17,7 +17,7 @@ class DatasetError(ValueError):
     """A data file is missing or malformed.
 
     The message names the file and, where one applies, the 1-based line number, in the form
-    ``"<path>, line <n>: <problem>"``. Both are also kept as attributes.
+    `"<path>, line <n>: <problem>"`. Both are also kept as attributes.
     """
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
@@ -40,7 +40,7 @@ def natural_key(identifier: str) -> tuple[tuple[int | str, ...], str]:
 
 
 def natural_sorted(identifiers: Iterable[str]) -> list[str]:
-    """Return ``identifiers`` sorted with :func:`natural_key`."""
+    """Return `identifiers` sorted with `natural_key`."""
     return sorted(identifiers, key=natural_key)
 
 
@@ -48,10 +48,10 @@ def natural_sorted(identifiers: Iterable[str]) -> list[str]:
 class RetrievalDataset:
     """A corpus, its queries and graded relevance judgments (qrels).
 
-    ``queries`` holds only queries with at least one positive judgment and ``qrels`` holds the
+    `queries` holds only queries with at least one positive judgment and `qrels` holds the
     judgments of those queries, zero-score rows included. Where the collection has its own
-    training queries (SciFact's train claims), they are in ``queries`` and ``qrels`` too and
-    ``train_query_ids`` names them; ``judged_query_ids`` are then the evaluation split's only.
+    training queries (SciFact's train claims), they are in `queries` and `qrels` too and
+    `train_query_ids` names them; `judged_query_ids` are then the evaluation split's only.
     """
 
     name: str
@@ -79,7 +79,7 @@ class RetrievalDataset:
         return self.judged_query_ids + list(self.train_query_ids)
 
     def subset_qrels(self, query_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-        """Copy of the judgments of ``query_ids``; raises ``KeyError`` for an unjudged id."""
+        """Copy of the judgments of `query_ids`; raises `KeyError` for an unjudged id."""
         out: dict[str, dict[str, int]] = {}
         for qid in query_ids:
             if qid not in self.qrels:
@@ -114,7 +114,7 @@ def finalise(
 def with_train_queries(evaluation: RetrievalDataset, train: RetrievalDataset,
                        source: str | Path | None = None) -> RetrievalDataset:
     """The evaluation dataset with the training split's judged queries added as
-    ``train_query_ids``. Both must share one corpus and no query may be in both splits."""
+    `train_query_ids`. Both must share one corpus and no query may be in both splits."""
     if evaluation.corpus.keys() != train.corpus.keys():
         raise DatasetError("the train and evaluation splits do not share one corpus", source)
     overlap = set(evaluation.queries) & set(train.queries)

@@ -1,14 +1,14 @@
 """Loader for MTEB retrieval tasks, through mteb's own task API.
 
-mteb is an optional dependency (``pip install chelation[mteb]``) and is imported only when
-:func:`load_mteb` runs. Two shapes of loaded task are understood:
+mteb is an optional dependency (`pip install chelation[mteb]`) and is imported only when
+`load_mteb` runs. Two shapes of loaded task are understood:
 
-* mteb 1.x: ``task.corpus``, ``task.queries`` and ``task.relevant_docs``, keyed by split, or by
-  subset then split for multilingual tasks; corpus values are ``{"title", "text"}`` dicts or
+* mteb 1.x: `task.corpus`, `task.queries` and `task.relevant_docs`, keyed by split, or by
+  subset then split for multilingual tasks; corpus values are `{"title", "text"}` dicts or
   strings.
-* mteb 2.x: ``task.dataset[subset][split]`` holding ``"corpus"``, ``"queries"`` (Hugging Face
-  datasets with ``id``/``title``/``text`` columns) and ``"relevant_docs"``; single-language
-  tasks use the subset ``"default"``.
+* mteb 2.x: `task.dataset[subset][split]` holding `"corpus"`, `"queries"` (Hugging Face
+  datasets with `id`/`title`/`text` columns) and `"relevant_docs"`; single-language
+  tasks use the subset `"default"`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from chelation.data.dataset import DatasetError, RetrievalDataset, finalise, wit
 
 __all__ = ["load_mteb"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install chelation[mteb]"
 
@@ -31,20 +31,11 @@ def load_mteb(
     task_name: str, split: str = "test", *, subset: str | None = None,
     train_split: str | None = None,
 ) -> RetrievalDataset:
-    """Load an MTEB retrieval task (e.g. ``"SciFact"``, ``"NFCorpus"``) as a dataset.
-
-    Args:
-        task_name: MTEB task name, as accepted by ``mteb.get_task``.
-        split: evaluation split to read the judgments of.
-        subset: language subset of a multilingual task; optional when the task has one subset
-            (or a ``"default"`` one).
-        train_split: a split whose judged queries become the dataset's ``train_query_ids``.
-
-    Raises:
-        ImportError: mteb is not installed.
-        RuntimeError: mteb could not load the task data (for instance, the hub is unreachable).
-        DatasetError: the split or subset does not exist or has no judged queries.
-    """
+    """An MTEB retrieval task (a name `mteb.get_task` accepts, e.g. "SciFact") as a dataset,
+    judged on `split`; `subset` picks the language of a multilingual task (optional where there is
+    one subset or a "default" one); the judged queries of `train_split` become `train_query_ids`.
+    Raises ImportError without mteb, RuntimeError when mteb cannot load the data (the hub is
+    unreachable), DatasetError for a split or subset that is absent or has no judged queries."""
     try:
         import mteb
     except ImportError as exc:
@@ -71,7 +62,7 @@ def load_mteb(
 
 
 def _task_parts(task: Any) -> tuple[Any, Any, Any]:
-    """Return ``(corpus, queries, relevant_docs)`` of a loaded task, in the mteb 1.x nesting."""
+    """Return `(corpus, queries, relevant_docs)` of a loaded task, in the mteb 1.x nesting."""
     if all(hasattr(task, attr) for attr in ("corpus", "queries", "relevant_docs")):
         return task.corpus, task.queries, task.relevant_docs
     dataset = getattr(task, "dataset", None)
@@ -84,7 +75,7 @@ def _task_parts(task: Any) -> tuple[Any, Any, Any]:
 
 
 def _split_v2(dataset: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[Any, Any, Any]:
-    """Turn mteb 2.x ``dataset[subset][split][part]`` into three ``part[subset][split]`` dicts."""
+    """Turn mteb 2.x `dataset[subset][split][part]` into three `part[subset][split]` dicts."""
     parts: dict[str, dict[str, dict[str, Any]]] = {"corpus": {}, "queries": {}, "relevant_docs": {}}
     for subset_name, splits in dataset.items():
         for split_name, split_data in splits.items():
@@ -94,7 +85,7 @@ def _split_v2(dataset: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[A
 
 
 def _wrapper_levels(relevant_docs: Any) -> int:
-    """How many levels (subset, split) wrap the flat ``{query: {doc: score}}`` judgments."""
+    """How many levels (subset, split) wrap the flat `{query: {doc: score}}` judgments."""
     levels = 0
     node = relevant_docs
     while isinstance(node, Mapping) and node:
@@ -136,7 +127,7 @@ def _unwrap(
         queries = _select(queries, chosen, "subset", "queries")
         relevant_docs = _select(relevant_docs, chosen, "subset", "relevant_docs")
     elif subset is not None:
-        logger.warning("subset=%r ignored: the task has no subsets", subset)
+        log.warning("subset=%r ignored: the task has no subsets", subset)
     if levels >= 1:
         corpus = _select(corpus, split, "split", "corpus")
         queries = _select(queries, split, "split", "queries")
@@ -145,7 +136,7 @@ def _unwrap(
 
 
 def _records(table: Any, part: str) -> Iterable[tuple[str, Any]]:
-    """Yield ``(id, value)`` from an id-keyed mapping or from rows with an ``id``/``_id`` column."""
+    """Yield `(id, value)` from an id-keyed mapping or from rows with an `id`/`_id` column."""
     if isinstance(table, Mapping):
         for key, value in table.items():
             yield str(key), value
@@ -195,8 +186,8 @@ def _from_mteb_dicts(
 ) -> RetrievalDataset:
     """Build a dataset from mteb's corpus / queries / relevant_docs in any of their nestings.
 
-    Each of the three may be flat (``{id: value}``), keyed by split, or keyed by subset then
-    split; corpus and queries may also be tables of rows (``id``, ``title``, ``text``). Judgments
+    Each of the three may be flat (`{id: value}`), keyed by split, or keyed by subset then
+    split; corpus and queries may also be tables of rows (`id`, `title`, `text`). Judgments
     naming an unknown query or document are dropped with a warning, and scores become ints.
     """
     corpus, queries, relevant_docs = _unwrap(corpus, queries, relevant_docs, split, subset)
@@ -211,13 +202,13 @@ def _from_mteb_dicts(
             continue
         qrels.setdefault(query_id, {})[doc_id] = round(float(score))
     if dropped:
-        logger.warning(
+        log.warning(
             "%s: dropped %d judgments naming an unknown query or document", name, dropped
         )
     dataset = finalise(name, corpus_texts, query_texts, qrels)
     if not dataset.queries:
         raise DatasetError(f"mteb task {name!r}, split {split!r}: no judged queries")
-    logger.info(
+    log.info(
         "loaded mteb task %s (%s split): %d documents, %d judged queries",
         name,
         split,

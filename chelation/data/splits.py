@@ -31,17 +31,17 @@ def _shuffled(ids: list[str], seed: int, stream: int) -> list[str]:
 
 
 def _held_out_count(n: int, fraction: float) -> int:
-    """``round(fraction * n)`` kept within ``[1, n - 1]``, so both parts are non-empty."""
+    """`round(fraction * n)` kept within `[1, n - 1]`, so both parts are non-empty."""
     return min(max(round(fraction * n), 1), n - 1)
 
 
 def split_queries(
     query_ids: Sequence[str], test_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
-    """Split ids into ``(train, test)``, both non-empty and each in natural order.
+    """Split ids into `(train, test)`, both non-empty and each in natural order.
 
     The ids are sorted first, so the result depends only on the set of ids, the fraction and
-    the seed. ``test_fraction`` must lie strictly between 0 and 1.
+    the seed. `test_fraction` must lie strictly between 0 and 1.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -54,9 +54,9 @@ def split_queries(
 
 
 def kfold_queries(query_ids: Sequence[str], k: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Return ``k`` ``(train, test)`` pairs whose test parts partition the ids.
+    """Return `k` `(train, test)` pairs whose test parts partition the ids.
 
-    Fold sizes differ by at most one. Requires ``2 <= k <= len(query_ids)``.
+    Fold sizes differ by at most one. Requires `2 <= k <= len(query_ids)`.
     """
     ids = _prepare(query_ids, "query_ids")
     if not 2 <= k <= len(ids):
@@ -73,9 +73,9 @@ def kfold_queries(query_ids: Sequence[str], k: int, seed: int) -> list[tuple[lis
 def validation_slice(
     train_ids: Sequence[str], fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
-    """Hold out a validation slice of training ids: ``(fit, val)``, each in natural order.
+    """Hold out a validation slice of training ids: `(fit, val)`, each in natural order.
 
-    ``fraction`` must lie in ``[0, 1)``. With ``fraction == 0`` or fewer than two ids the slice
+    `fraction` must lie in `[0, 1)`. With `fraction == 0` or fewer than two ids the slice
     is empty; otherwise both parts are non-empty.
     """
     if not 0.0 <= fraction < 1.0:

@@ -18,7 +18,7 @@ from chelation.data.dataset import RetrievalDataset, finalise
 
 __all__ = ["make_synthetic"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _ADJECTIVES = (
     "new",
@@ -153,7 +153,7 @@ def _pick(rng: np.random.Generator, words: tuple[str, ...] | list[str]) -> str:
 
 
 def _fill(rng: np.random.Generator, template: str, slots: dict[str, object]) -> str:
-    """Fill ``{X}`` slots left to right; a slot value is a word pool or a callable drawing one."""
+    """Fill `{X}` slots left to right; a slot value is a word pool or a callable drawing one."""
     out = []
     for token in template.split():
         if token.startswith("{") and token.endswith("}"):
@@ -198,15 +198,8 @@ def _words(text: str) -> set[str]:
 def make_synthetic(
     seed: int = 0, n_topics: int = 12, docs_per_topic: int = 30, queries_per_topic: int = 6
 ) -> RetrievalDataset:
-    """Generate the synthetic collection; the same arguments always give the same dataset.
-
-    Args:
-        seed: seed of ``numpy.random.default_rng``.
-        n_topics: number of topics, 1 to 16 (families are interleaved, so 12 topics cover all
-            four families with three topics each).
-        docs_per_topic: documents generated per topic.
-        queries_per_topic: queries generated per topic.
-    """
+    """The synthetic collection; the same arguments always give the same dataset. `n_topics` is
+    1 to 16 (families are interleaved, so 12 topics cover all four families, three topics each)."""
     all_topics = _topics()
     if not 1 <= n_topics <= len(all_topics):
         raise ValueError(f"n_topics must be between 1 and {len(all_topics)}, got {n_topics}")
@@ -274,5 +267,5 @@ def make_synthetic(
             qrels[query_id] = judged
 
     dataset = finalise("synthetic", corpus, queries, qrels)
-    logger.debug("synthetic dataset (seed %d): %r", seed, dataset)
+    log.debug("synthetic dataset (seed %d): %r", seed, dataset)
     return dataset
