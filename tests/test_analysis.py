@@ -529,14 +529,15 @@ def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     out, report = tmp_path / "figures", tmp_path / "report" / "results.md"
     _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="full",
                       OUTPUT_DIR=str(out), RESULTS_MD=str(report))
-    for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png"):
+    for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png", "forest.png"):
         png = out / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     text = report.read_text()
     for arm in FULL:
         assert f"`{_label(*arm[:4])}`" in text
     assert "## Chosen on validation" in text
-    assert "`hybrid/mpnet/constant:0.5/procrustes` (validation" in text
+    assert "`hybrid-2` (validation" in text  # the short label; the legend names it in full
+    assert "| `hybrid-2` | `hybrid/mpnet/constant:0.5/procrustes` |" in text
     assert "hybrid/failed" not in text
     assert "0.97 x its reference" in text
 
@@ -607,3 +608,63 @@ def test_relative_sqlite_uris_are_made_absolute_for_the_notebook(tmp_path, monke
     assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
     assert absolute_sqlite("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert absolute_sqlite("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_short_labels_number_configurations_within_their_mode(store):
+    runs = ca.load_runs(store, "full")
+    legend = ca.label_legend(runs)
+    assert legend["group_hash"].is_unique and len(legend) == len(FULL)
+    assert legend["short_label"].tolist() == ["frozen-1", "baseline-1", "offline-1", "hybrid-1",
+                                              "hybrid-2", "hybrid-3", "hybrid-4"]
+    by_label = legend.set_index("config_label")
+    # hybrid configurations differ in their weight; frozen ignores the weight, so it is not shown
+    assert "weight.value=0.75" in by_label.loc["hybrid/mpnet/constant:0.75/procrustes", "differs"]
+    assert "weight" not in by_label.loc["frozen/all-MiniLM-L6-v2", "differs"]
+    assert not legend["differs"].str.contains("training.mode").any()
+
+
+def test_per_cycle_panels_hold_at_most_max_lines(store):
+    runs = ca.load_runs(store, "full")
+    history = ca.metric_history(store, runs["run_id"], "ndcg_at_10")
+    legend = ca.label_legend(runs)
+    fig = ca.plot_ndcg_per_cycle(history, runs, legend=legend, max_lines=3)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    # frozen, baseline, offline one panel each; five hybrid lines... four hybrid configurations
+    # at three a panel make two
+    assert len(visible) == 5
+    assert max(len(ax.get_lines()) for ax in visible) == 3
+    names = {line.get_label().split(" ")[0] for ax in visible for line in ax.get_lines()}
+    assert names == set(legend["short_label"])
+    assert sum("(1 of 2)" in ax.get_title() or "(2 of 2)" in ax.get_title()
+               for ax in visible) == 2
+
+
+def test_forest_plot_sorts_by_difference_and_draws_the_teachers_margin(store):
+    runs = ca.load_runs(store, "full")
+    per_query = ca.load_per_query(store, runs)
+    table = ca.compare_to_reference(per_query)
+    legend = ca.label_legend(runs)
+    fig = ca.plot_forest(table, legend, {"teacher-x": 0.033})
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    compared = table[table["reference"] != "(reference)"].sort_values("diff_vs_frozen")
+    short = dict(zip(legend["group_hash"], legend["short_label"], strict=True))
+    assert names == [short[h] for h in compared["group_hash"]]
+    assert names[-1] == "hybrid-2"  # hybrid at 0.5 has the largest effect in this study
+    vertical = sorted(line.get_xdata()[0] for line in ax.get_lines()
+                      if len(set(line.get_xdata())) == 1 and line.get_linestyle() != "None")
+    assert 0.0 in vertical and 0.033 in vertical
+
+
+def test_the_report_uses_short_labels_and_says_what_they_mean(store):
+    runs = ca.load_runs(store, "full")
+    per_query = ca.load_per_query(store, runs)
+    table = ca.compare_to_reference(per_query)
+    legend = ca.label_legend(runs)
+    choice = ca.select_on_validation(runs)
+    report = ca.results_markdown(table, choice, legend=legend)
+    assert "| `hybrid-2` |" in report and "| frozen-1 |" in report  # row and its reference
+    assert "`hybrid/mpnet/constant:0.5/procrustes`" not in report.split("## Configurations")[0]
+    row = next(line for line in report.splitlines() if line.startswith("| `hybrid-2` | `"))
+    assert "`hybrid/mpnet/constant:0.5/procrustes`" in row and "weight.value=0.5" in row
+    assert "Highest mean final val_ndcg_at_10" in report and "`hybrid-2` (validation" in report

@@ -20,10 +20,12 @@ only inside the functions that need them.
 """
 
 from chelation.analysis.figures import (
+    plot_forest,
     plot_ndcg_per_cycle,
     plot_ndcg_vs_index_weight,
     plot_ndcg_vs_weight,
     save_figure,
+    teacher_margins,
 )
 from chelation.analysis.report import (
     chosen_versus_frozen,
@@ -35,6 +37,7 @@ from chelation.analysis.runs import (
     MODE_ORDER,
     PER_QUERY_ARTIFACT,
     disambiguated_labels,
+    label_legend,
     load_per_query,
     load_runs,
     metric_history,
@@ -55,8 +58,9 @@ from chelation.analysis.stats import (
 __all__ = [
     "MODE_ORDER", "PER_QUERY_ARTIFACT", "TABLE_COLUMNS", "chosen_versus_frozen",
     "compare_to_reference", "disambiguated_labels", "frozen_models_markdown",
-    "frozen_models_table", "holm_adjust", "load_per_query", "load_runs", "mean_ci",
-    "metric_history", "min_detectable_effect", "paired_comparison", "per_query_table",
-    "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight", "plot_ndcg_vs_weight", "results_markdown",
-    "run_summary", "save_figure", "seed_paired_test", "select_on_validation",
+    "frozen_models_table", "holm_adjust", "label_legend", "load_per_query", "load_runs",
+    "mean_ci", "metric_history", "min_detectable_effect", "paired_comparison",
+    "per_query_table", "plot_forest", "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight",
+    "plot_ndcg_vs_weight", "results_markdown", "run_summary", "save_figure", "seed_paired_test",
+    "select_on_validation", "teacher_margins",
 ]

@@ -68,20 +68,54 @@ def chosen_versus_frozen(per_query_df: pd.DataFrame, selection: Mapping[str, Any
 
 def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = None, *,
                      title: str = "Study results", alpha: float = 0.05, floor: float = 0.97,
-                     confidence: float = 0.95, versus: pd.DataFrame | None = None) -> str:
+                     confidence: float = 0.95, versus: pd.DataFrame | None = None,
+                     legend: pd.DataFrame | None = None) -> str:
     """Markdown report of a `compare_to_reference` table and a `select_on_validation` choice;
-    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model. One
-    function per section below."""
+    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model; with a
+    `label_legend` configurations go by their short labels and a last section says what each
+    means. One function per section below."""
     lines = [f"# {title}", ""]
     if table.empty:
         return "\n".join([*lines, "No finished job runs with per-query results.", ""])
+    if legend is not None and not legend.empty:
+        table, selection, versus = _short_labels(table, selection, versus, legend)
     comps = table[table["reference"] != "(reference)"]
     lines += _intro(table, comps, alpha)
     lines += _comparison_rows(table, f"{confidence:.0%}")
     lines += _chosen_section(table, selection, versus, alpha)
     lines += _significance_section(comps, alpha)
     lines += _floor_section(comps, floor)
+    if legend is not None and not legend.empty:
+        lines += _legend_section(legend)
     return "\n".join(lines)
+
+
+def _short_labels(table: pd.DataFrame, selection: Mapping[str, Any] | None,
+                  versus: pd.DataFrame | None, legend: pd.DataFrame
+                  ) -> tuple[pd.DataFrame, Mapping[str, Any] | None, pd.DataFrame | None]:
+    by_label = dict(zip(legend["config_label"], legend["short_label"], strict=True))
+    by_hash = dict(zip(legend["group_hash"], legend["short_label"], strict=True))
+
+    def relabel(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame["config_label"] = [by_hash.get(h, label) for h, label in
+                                 zip(frame["group_hash"], frame["config_label"], strict=True)]
+        frame["reference"] = frame["reference"].map(lambda r: by_label.get(r, r))
+        return frame
+
+    if selection is not None:
+        selection = {**selection, "config_label": by_hash.get(selection["group_hash"],
+                                                              selection["config_label"])}
+    return relabel(table), selection, None if versus is None else relabel(versus)
+
+
+def _legend_section(legend: pd.DataFrame) -> list[str]:
+    lines = ["## Configurations", "",
+             "| label | configuration | differs from the study's most common setting in |",
+             "|---|---|---|"]
+    lines += [f"| `{r['short_label']}` | `{r['config_label']}` | {r['differs'] or '—'} |"
+              for _, r in legend.iterrows()]
+    return [*lines, ""]
 
 
 def _intro(table: pd.DataFrame, comps: pd.DataFrame, alpha: float) -> list[str]:

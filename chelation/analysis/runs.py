@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from chelation.identity import NOT_IDENTITY
-from chelation.kinds import MODES
+from chelation.kinds import MODES, Mode
 from chelation.tracking import PER_QUERY_FILE, Tag
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,38 @@ def disambiguated_labels(runs: pd.DataFrame) -> pd.Series:
             if extra:
                 labels[runs["group_hash"] == g["group_hash"]] = f"{label} [{extra}]"
     return labels
+
+
+def label_legend(runs: pd.DataFrame) -> pd.DataFrame:
+    """A short label per configuration (`<mode>-<n>`, numbered within its mode in label order)
+    with its full label and its values of the params that matter to its mode and vary within it
+    or set it apart from the study's most common value: what figures and reports print, and the
+    table that says what each short label means.
+    Columns: group_hash, short_label, config_label, differs."""
+    if runs.empty:
+        return pd.DataFrame(columns=["group_hash", "short_label", "config_label", "differs"])
+    groups = runs.drop_duplicates("group_hash").copy()
+    params = [c for c in runs.columns if c.startswith("params.")
+              and not c.removeprefix("params.").startswith((*_LABEL_IGNORES, "training.mode"))]
+    varying = [c for c in params if groups[c].dropna().astype(str).nunique() > 1]
+    common = {c: groups[c].dropna().astype(str).mode().iloc[0] for c in varying}
+    within_mode = {(m, c) for m, same in groups.groupby("mode") for c in varying
+                   if same[c].dropna().astype(str).nunique() > 1}
+    rank = {m: i for i, m in enumerate(MODE_ORDER)}
+    groups["_rank"] = groups["mode"].map(rank).fillna(len(rank))
+    groups = groups.sort_values(["_rank", "config_label"], kind="stable")
+    rows, counts = [], {}
+    for _, g in groups.iterrows():
+        mode = g["mode"] if pd.notna(g["mode"]) else "run"
+        ignored = Mode(mode).ignored_keys if mode in MODE_ORDER else ()
+        counts[mode] = counts.get(mode, 0) + 1
+        shown = [c for c in varying if pd.notna(g[c])
+                 and not c.removeprefix("params.").startswith(ignored)
+                 and ((g["mode"], c) in within_mode or str(g[c]) != common[c])]
+        differs = ", ".join(f"{c.removeprefix('params.')}={g[c]}" for c in shown)
+        rows.append({"group_hash": g["group_hash"], "short_label": f"{mode}-{counts[mode]}",
+                     "config_label": g["config_label"], "differs": differs})
+    return pd.DataFrame(rows)
 
 
 def run_summary(runs: pd.DataFrame, metrics: Sequence[str] = ("ndcg_at_10", "val_ndcg_at_10")

@@ -131,7 +131,8 @@ _QUERIES = (
     "{S} of {K1} and {K2} under {A} {F}",
 )
 
-_P_TOPIC, _P_FAMILY, _P_SIBLING = 0.40, 0.25, 0.07
+# how often a document's noun is its topic's, its family's or a sibling topic's (else shared)
+DEFAULT_MIX = (0.40, 0.25, 0.07)
 _MIN_WORDS, _MAX_WORDS = 15, 40
 _LONGEST_SENTENCE = 8
 
@@ -169,14 +170,17 @@ def _document(
     nouns: tuple[str, ...],
     family: tuple[str, ...],
     siblings: list[tuple[str, ...]],
+    mix: tuple[float, float, float],
 ) -> str:
+    p_topic, p_family, p_sibling = mix
+
     def noun(r: np.random.Generator) -> str:
         u = r.random()
-        if u < _P_TOPIC:
+        if u < p_topic:
             return _pick(r, nouns)
-        if u < _P_TOPIC + _P_FAMILY:
+        if u < p_topic + p_family:
             return _pick(r, family)
-        if u < _P_TOPIC + _P_FAMILY + _P_SIBLING:
+        if u < p_topic + p_family + p_sibling:
             return _pick(r, siblings[int(r.integers(len(siblings)))])
         return _pick(r, _SHARED_NOUNS)
 
@@ -196,10 +200,12 @@ def _words(text: str) -> set[str]:
 
 
 def make_synthetic(
-    seed: int = 0, n_topics: int = 12, docs_per_topic: int = 30, queries_per_topic: int = 6
+    seed: int = 0, n_topics: int = 12, docs_per_topic: int = 30, queries_per_topic: int = 6,
+    mix: tuple[float, float, float] = DEFAULT_MIX, name: str = "synthetic",
 ) -> RetrievalDataset:
     """The synthetic collection; the same arguments always give the same dataset. `n_topics` is
-    1 to 16 (families are interleaved, so 12 topics cover all four families, three topics each)."""
+    1 to 16 (families are interleaved, so 12 topics cover all four families, three topics each);
+    `mix` is how often a document's noun is its topic's, its family's or a sibling topic's."""
     all_topics = _topics()
     if not 1 <= n_topics <= len(all_topics):
         raise ValueError(f"n_topics must be between 1 and {len(all_topics)}, got {n_topics}")
@@ -214,9 +220,9 @@ def make_synthetic(
     drafts: list[tuple[int, str]] = []
     for t, (_, nouns, family, siblings) in enumerate(topics):
         for _ in range(docs_per_topic):
-            text = _document(rng, nouns, family, siblings)
+            text = _document(rng, nouns, family, siblings, mix)
             while len(_words(text) & set(nouns)) < 2:
-                text = _document(rng, nouns, family, siblings)
+                text = _document(rng, nouns, family, siblings, mix)
             drafts.append((t, text))
     order = rng.permutation(len(drafts))
     width = max(4, len(str(len(drafts))))
@@ -266,6 +272,6 @@ def make_synthetic(
                     judged[doc_id] = 0
             qrels[query_id] = judged
 
-    dataset = finalise("synthetic", corpus, queries, qrels)
+    dataset = finalise(name, corpus, queries, qrels)
     log.debug("synthetic dataset (seed %d): %r", seed, dataset)
     return dataset
