@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from chelation import tracking
-from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic
+from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic_variant
 from chelation.identity import as_mapping, config_label, flatten, identity
 from chelation.kinds import DatasetKind
 from chelation.protocol import CycleRecord, JobResult, run_job
@@ -71,7 +71,7 @@ class JobSummary:
 def _load(kind: str, name: str, path: str | None, split: str, task: str | None, seed: int,
           train_split: str | None) -> RetrievalDataset:
     if kind == DatasetKind.SYNTHETIC:
-        return make_synthetic(seed)
+        return make_synthetic_variant(name, seed)
     if kind == DatasetKind.BEIR:
         if task and not Path(path).expanduser().is_dir():
             log.info("no BEIR folder at %s: loading the MTEB task %s", path, task)

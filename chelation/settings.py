@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
+from chelation.data.synthetic import SYNTHETIC_VARIANTS
 from chelation.kinds import (
     DatasetKind,
     DocumentKind,
@@ -252,6 +253,9 @@ class DatasetSpec:
 
     def validate(self, prefix: str = "dataset") -> None:
         _require_kind(DatasetKind, f"{prefix}.kind", self.kind)
+        if self.kind == DatasetKind.SYNTHETIC:
+            _require(self.name in SYNTHETIC_VARIANTS, f"{prefix}.name", self.name,
+                     f"a synthetic collection, one of {sorted(SYNTHETIC_VARIANTS)}")
         if self.kind == DatasetKind.BEIR:
             _require(bool(self.path), f"{prefix}.path", self.path,
                      f"a BEIR folder for dataset {self.name!r}")

@@ -68,8 +68,9 @@ def sweep_name(overrides) -> str:
 
 
 def sweep_table(sweep_dir: str | Path) -> str:
-    """One line per job that ran in the sweep: configuration, seed, final NDCG@10 and its change
-    from cycle 0 (jobs skipped as already done wrote no results here)."""
+    """One line per job that ran in the sweep: configuration, seed, final NDCG@10, its change
+    from cycle 0, the updates the guard rolled back and any fallback, best first, and what the
+    columns mean (jobs skipped as already done wrote no results here)."""
     rows = []
     for path in sorted(Path(sweep_dir).glob("*/results.json")):
         result = json.loads(path.read_text())
@@ -79,13 +80,20 @@ def sweep_table(sweep_dir: str | Path) -> str:
         if not cycles or final is None:
             continue
         first = cycles[0].get("ndcg_at_10") or float("nan")
-        rows.append((result["config_label"], config.get("seed"), final, final - first))
+        rollbacks = sum(c.get("rollback") or 0 for c in cycles) + \
+            (result.get("distill_rollback") or 0)
+        rows.append((result["config_label"], config.get("seed"), final, final - first,
+                     int(rollbacks), result.get("fallback", "none")))
     if not rows:
         return ""
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'configuration':<{width}}  seed  NDCG@10  vs cycle 0"]
-    lines += [f"{label:<{width}}  {seed!s:>4}  {final:.4f}   {change:+.4f}"
-              for label, seed, final, change in sorted(rows, key=lambda r: (-r[2], r[0]))]
+    lines = [f"{'configuration':<{width}}  seed  NDCG@10  vs cycle 0  rollbacks  fallback"]
+    lines += [f"{label:<{width}}  {seed!s:>4}  {final:.4f}   {change:+.4f}  {rolled:>9}  {fallback}"
+              for label, seed, final, change, rolled, fallback
+              in sorted(rows, key=lambda r: (-r[2], r[0]))]
+    lines += ["NDCG@10: test queries after the last cycle; vs cycle 0: what training changed "
+              "(cycle 0 is the same job before any update); rollbacks: updates the collapse "
+              "guard undid because validation NDCG@10 fell; frozen rows are the untrained control."]
     return "\n".join(lines)
 
 

@@ -489,3 +489,22 @@ def test_documents_with_no_text_warn_once_with_count_and_ids(caplog) -> None:
         load_beir(Path(__file__).resolve().parents[1].parent / "shared/datasets/cranfield")
     warnings = [r.getMessage() for r in caplog.records if "no title and no text" in r.message]
     assert len(warnings) == 1 and "2 document(s)" in warnings[0] and "471, 995" in warnings[0]
+
+
+def test_named_synthetic_collections() -> None:
+    from chelation.data import make_synthetic_variant
+
+    hard = make_synthetic_variant("synthetic_hard", seed=0)
+    assert hard.name == "synthetic_hard" and len(hard.corpus) == 16 * 60
+    assert len(hard.judged_query_ids) == 16 * 8
+    assert make_synthetic_variant("synthetic_hard", seed=0).corpus == hard.corpus
+    assert make_synthetic_variant("synthetic").corpus == make_synthetic(0).corpus
+    with pytest.raises(ValueError, match="dataset.name='nope'"):
+        make_synthetic_variant("nope")
+
+
+def test_a_synthetic_dataset_must_name_a_known_collection() -> None:
+    from chelation.settings import DatasetSpec, SettingsError
+
+    with pytest.raises(SettingsError, match="dataset.name='cranfield'"):
+        DatasetSpec(name="cranfield", kind="synthetic").validate()

@@ -16,7 +16,7 @@ import numpy as np
 
 from chelation.data.dataset import RetrievalDataset, finalise
 
-__all__ = ["make_synthetic"]
+__all__ = ["SYNTHETIC_VARIANTS", "make_synthetic", "make_synthetic_variant"]
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +275,22 @@ def make_synthetic(
     dataset = finalise(name, corpus, queries, qrels)
     log.debug("synthetic dataset (seed %d): %r", seed, dataset)
     return dataset
+
+
+# Named collections (`dataset.name` with `dataset.kind=synthetic`). `synthetic` is small and easy
+# (frozen MiniLM: NDCG@10 0.87, recall@100 1.0); `synthetic_hard` has more topics, more documents
+# per topic, and documents that borrow more of their family's and sibling topics' words, so that
+# neighbourhoods crowd (frozen MiniLM: NDCG@10 0.67, recall@100 0.90).
+SYNTHETIC_VARIANTS: dict[str, dict[str, object]] = {
+    "synthetic": {},
+    "synthetic_hard": {"n_topics": 16, "docs_per_topic": 60, "queries_per_topic": 8,
+                       "mix": (0.20, 0.30, 0.25)},
+}
+
+
+def make_synthetic_variant(name: str, seed: int = 0) -> RetrievalDataset:
+    """The named synthetic collection (a key of SYNTHETIC_VARIANTS) for `seed`."""
+    if name not in SYNTHETIC_VARIANTS:
+        raise ValueError(f"dataset.name={name!r} is not a synthetic collection: expected one of "
+                         f"{sorted(SYNTHETIC_VARIANTS)}")
+    return make_synthetic(seed, **SYNTHETIC_VARIANTS[name], name=name)
