@@ -275,15 +275,20 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
 
     from chelation_harness.callbacks import sweep_table
 
-    for i, (label, seed, first, final) in enumerate([("baseline", 0, 0.30, 0.31),
-                                                     ("frozen/x", 0, 0.33, 0.33)]):
+    jobs = [("baseline", 0, 0.30, 0.31, [0, 1, 1], 0, "none"),
+            ("frozen/x", 0, 0.33, 0.33, [0, 0, 0], 0, "none"),
+            ("offline/t/procrustes", 1, 0.30, 0.30, [0, 0, 1], 1, "baseline")]
+    for i, (label, seed, first, final, rollbacks, distill, fallback) in enumerate(jobs):
         job = tmp_path / str(i)
         job.mkdir()
         (job / "config.yaml").write_text(f"seed: {seed}\n")
         (job / "results.json").write_text(json.dumps({
-            "config_label": label, "final_ndcg_at_10": final,
-            "cycles": [{"cycle": 0, "ndcg_at_10": first}]}))
-    (tmp_path / "2").mkdir()  # a skipped job writes no results
+            "config_label": label, "final_ndcg_at_10": final, "distill_rollback": distill,
+            "fallback": fallback, "cycles": [{"cycle": c, "ndcg_at_10": first, "rollback": r}
+                                             for c, r in enumerate(rollbacks)]}))
+    (tmp_path / "3").mkdir()  # a skipped job writes no results
     lines = sweep_table(tmp_path).splitlines()
-    assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000"]
-    assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100"]
+    assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000", "0", "none"]
+    assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100", "2", "none"]
+    assert lines[3].split() == ["offline/t/procrustes", "1", "0.3000", "+0.0000", "2", "baseline"]
+    assert len(lines) == 5 and "collapse guard" in lines[4]
