@@ -96,3 +96,26 @@ def export_run(run_id: str, out_dir: str | Path, tracking_uri: str, fold: int = 
     return export_adapted_student(params["student.model"], state,
                                   int(params["adapter.hidden_dim"]), out_dir,
                                   int(seq) if seq not in (None, "None", "") else None)
+
+
+MLFLOW_MODEL_NAME = "adapted_student"
+
+
+def log_exported_model(run_id: str, model_dir: str | Path, tracking_uri: str) -> str:
+    """Log an exported folder to its run with MLflow's sentence_transformers flavour (the
+    package's code travels with it, so `mlflow.sentence_transformers.load_model` needs nothing
+    installed but sentence-transformers); returns the model's URI."""
+    import mlflow
+    import sentence_transformers
+
+    from chelation import tracking
+
+    model = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu",
+                                                      trust_remote_code=True)
+    mlflow.set_tracking_uri(tracking.with_busy_timeout(tracking_uri))
+    requirements = [f"sentence-transformers=={sentence_transformers.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}"]
+    info = mlflow.sentence_transformers.log_model(
+        model, name=MLFLOW_MODEL_NAME, run_id=run_id, pip_requirements=requirements,
+        code_paths=[str(Path(__file__).parent)])
+    return info.model_uri

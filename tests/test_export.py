@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from chelation.data import make_synthetic
-from chelation.export import ExportError, export_run
+from chelation.export import AdapterModule, ExportError, export_run, log_exported_model
 from chelation.job import run_tracked_job
 from chelation.metrics import per_query_scores
 from chelation.protocol import make_folds
@@ -56,6 +56,16 @@ def test_exported_model_reproduces_the_runs_final_ndcg(tmp_path: Path) -> None:
     final = job["summary"].final_ndcg_at_10
     assert job["summary"].cycles[-1]["ndcg_at_10"] != job["summary"].cycles[0]["ndcg_at_10"]
     assert abs(ndcg - final) < 1e-4, (ndcg, final)
+
+    # the same model logged to the run with MLflow's flavour loads back and encodes the same
+    import mlflow
+
+    uri_of_model = log_exported_model(run_id, out, uri)
+    loaded = mlflow.sentence_transformers.load_model(uri_of_model)
+    sample = [dataset.queries[q] for q in test[:5]]
+    np.testing.assert_allclose(loaded.encode(sample), model.encode(sample), atol=1e-6)
+    assert isinstance(loaded[-1], AdapterModule)
+    assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
 def test_a_run_with_teacher_documents_is_refused(tmp_path: Path, teacher768_path: str) -> None:
