@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from chelation.job import TrackingTarget, run_tracked_job
 from chelation.settings import SettingsError
 from chelation_harness.callbacks import parent_run_id
+from chelation_harness.objective import final_validation_ndcg
 from chelation_harness.schema import ExperimentConfig, register
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def main(cfg: DictConfig) -> float | None:
         parent_run_id=parent,
         show_progress=settings.show_progress,
     )
-    return summary.get("final_ndcg_at_10", summary.get("ndcg_at_10"))
+    # the sweeper's objective (hparams_search): validation only, never the test queries
+    return final_validation_ndcg(summary, config["tracking"]["uri"])
 
 
 if __name__ == "__main__":
