@@ -1,7 +1,8 @@
 """Hydra's Sweeper API driving Optuna through ask-and-tell: each trial is one Hydra job, its
 return value the objective. The study lives in a database (`storage`, `study_name`), so a search
-that is stopped resumes where it was: trials left RUNNING by a dead process are marked FAIL, and
-the search goes on until the study holds `n_trials` COMPLETE trials."""
+that is stopped resumes where it was: trials left RUNNING by a dead process are marked FAIL and
+their parameters queued again, and the search goes on until the study holds `n_trials` COMPLETE
+trials."""
 
 from __future__ import annotations
 
