@@ -32,8 +32,8 @@ class MlflowSweepCallback(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        uri, name = config.tracking.uri, config.tracking.experiment
-        experiment_id = tracking.prepare_store(uri, name)
+        uri, experiment = config.tracking.uri, config.tracking.experiment
+        experiment_id = tracking.prepare_store(uri, experiment)
         if retired := tracking.retire_stale_runs(tracking.client(uri), experiment_id):
             log.info("marked %d runs left by killed processes as KILLED", retired)
         overrides = " ".join(config.hydra.overrides.task)
@@ -45,7 +45,7 @@ class MlflowSweepCallback(Callback):
                            heartbeat=Heartbeat(tracking.client(uri), run_id))
         # a sweep stopped by a signal or an error never reaches on_multirun_end
         atexit.register(_end_sweep, "KILLED")
-        log.info("MLflow parent run %s in experiment %r (%s)", run_id, name, uri)
+        log.info("MLflow parent run %s (%r) in experiment %r (%s)", run_id, name, experiment, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
