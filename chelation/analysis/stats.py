@@ -201,6 +201,44 @@ def _pair(cells: pd.DataFrame, ref: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     return pd.concat([qa, qb], axis=1, join="inner"), None
 
 
+def _comparison_row(df: pd.DataFrame, group_hash: str, group: pd.DataFrame,
+                    reference_group: str | None, cycle: int | None, confidence: float,
+                    alpha: float, power: float) -> dict[str, Any] | None:
+    """One configuration's row of `compare_to_reference` (None when it has no cells)."""
+    ref_hash, ref_rows = _reference_for(df, group, reference_group)
+    cells = _cells(group, cycle)
+    if cells.empty:
+        return None
+    per_query = cells.groupby("query_id")["ndcg_at_10"].mean()
+    mean, low, high = mean_ci(per_query.to_numpy(), confidence)
+    row: dict[str, Any] = {
+        "config_label": first_value(group, "config_label"), "mode": first_value(group, "mode"),
+        "teacher": first_value(group, "teacher"), "student": first_value(group, "student"),
+        "dataset": first_value(group, "dataset"), "group_hash": group_hash,
+        "n_seeds": int(cells["seed"].nunique()), "n_queries": int(per_query.size),
+        "ndcg_mean": mean, "ci_low": low, "ci_high": high,
+    }
+    if ref_hash == group_hash:
+        return {**row, "reference": "(reference)", "n_paired": int(per_query.size),
+                "ratio_to_frozen": 1.0}
+    if ref_rows is None:
+        ref_cells = _cells(group, 0)
+        row["reference"] = "cycle 0 (same runs)"
+    else:
+        frozen_ref = (ref_rows["mode"] == Mode.FROZEN).all()
+        ref_cells = _cells(ref_rows, cycle, lenient=bool(frozen_ref))
+        row["reference"] = first_value(ref_rows, "config_label") or ref_hash
+    by_query, by_seed = _pair(cells, ref_cells)
+    res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence)
+    seeds = (seed_paired_test(by_seed["a"], by_seed["b"]) if by_seed is not None
+             else {"p_ttest": math.nan})
+    return {**row, "n_paired": res["n"], "diff_vs_frozen": res["mean_diff"],
+            "diff_ci_low": res["ci_low"], "diff_ci_high": res["ci_high"],
+            "p_ttest": res["p_ttest"], "p_wilcoxon": res["p_wilcoxon"], "p_seeds": seeds["p_ttest"],
+            "mde_80": min_detectable_effect(res["sd_diff"], res["n"], alpha, power),
+            "ratio_to_frozen": res["mean_a"] / res["mean_b"] if res["mean_b"] else math.nan}
+
+
 def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None = None,
                          cycle: int | None = None, confidence: float = 0.95,
                          alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
@@ -229,46 +267,9 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     if reference_group is not None and not (df["group_hash"] == reference_group).any():
         raise ValueError(f"reference group {reference_group!r} has no rows")
 
-    rows = []
-    for group_hash, group in df.groupby("group_hash", sort=False):
-        ref_hash, ref_rows = _reference_for(df, group, reference_group)
-        cells = _cells(group, cycle)
-        if cells.empty:
-            continue
-        per_query = cells.groupby("query_id")["ndcg_at_10"].mean()
-        mean, low, high = mean_ci(per_query.to_numpy(), confidence)
-        row: dict[str, Any] = {
-            "config_label": first_value(group, "config_label"), "mode": first_value(group, "mode"),
-            "teacher": first_value(group, "teacher"), "student": first_value(group, "student"),
-            "dataset": first_value(group, "dataset"), "group_hash": group_hash,
-            "n_seeds": int(cells["seed"].nunique()), "n_queries": int(per_query.size),
-            "ndcg_mean": mean, "ci_low": low, "ci_high": high,
-        }
-        if ref_hash == group_hash:
-            row.update(reference="(reference)", n_paired=int(per_query.size),
-                       ratio_to_frozen=1.0)
-            rows.append(row)
-            continue
-        if ref_rows is None:
-            ref_cells = _cells(group, 0)
-            row["reference"] = "cycle 0 (same runs)"
-        else:
-            frozen_ref = (ref_rows["mode"] == Mode.FROZEN).all()
-            ref_cells = _cells(ref_rows, cycle, lenient=bool(frozen_ref))
-            row["reference"] = first_value(ref_rows, "config_label") or ref_hash
-        by_query, by_seed = _pair(cells, ref_cells)
-        res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence)
-        seeds = (seed_paired_test(by_seed["a"], by_seed["b"]) if by_seed is not None
-                 else {"p_ttest": math.nan})
-        row.update(
-            n_paired=res["n"], diff_vs_frozen=res["mean_diff"], diff_ci_low=res["ci_low"],
-            diff_ci_high=res["ci_high"], p_ttest=res["p_ttest"], p_wilcoxon=res["p_wilcoxon"],
-            p_seeds=seeds["p_ttest"],
-            mde_80=min_detectable_effect(res["sd_diff"], res["n"], alpha, power),
-            ratio_to_frozen=(res["mean_a"] / res["mean_b"] if res["mean_b"] else math.nan),
-        )
-        rows.append(row)
-
+    rows = [row for group_hash, group in df.groupby("group_hash", sort=False)
+            if (row := _comparison_row(df, group_hash, group, reference_group, cycle,
+                                       confidence, alpha, power)) is not None]
     table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
     if table.empty:
         return table

@@ -199,24 +199,10 @@ def _words(text: str) -> set[str]:
     return {w.strip(".").lower() for w in text.split()}
 
 
-def make_synthetic(
-    seed: int = 0, n_topics: int = 12, docs_per_topic: int = 30, queries_per_topic: int = 6,
-    mix: tuple[float, float, float] = DEFAULT_MIX, name: str = "synthetic",
-) -> RetrievalDataset:
-    """The synthetic collection; the same arguments always give the same dataset. `n_topics` is
-    1 to 16 (families are interleaved, so 12 topics cover all four families, three topics each);
-    `mix` is how often a document's noun is its topic's, its family's or a sibling topic's."""
-    all_topics = _topics()
-    if not 1 <= n_topics <= len(all_topics):
-        raise ValueError(f"n_topics must be between 1 and {len(all_topics)}, got {n_topics}")
-    if docs_per_topic < 1:
-        raise ValueError(f"docs_per_topic must be at least 1, got {docs_per_topic}")
-    if queries_per_topic < 1:
-        raise ValueError(f"queries_per_topic must be at least 1, got {queries_per_topic}")
-    rng = np.random.default_rng(seed)
-    topics = all_topics[:n_topics]
-
-    # Documents, each holding at least two distinct distinctive words of its topic.
+def _documents(rng: np.random.Generator, topics: list, docs_per_topic: int,
+               mix: tuple[float, float, float]) -> tuple[dict[str, str], dict[str, int]]:
+    """The corpus (shuffled, ids d0001...) and each document's topic. Every document holds at
+    least two distinct distinctive words of its topic."""
     drafts: list[tuple[int, str]] = []
     for t, (_, nouns, family, siblings) in enumerate(topics):
         for _ in range(docs_per_topic):
@@ -228,25 +214,28 @@ def make_synthetic(
     width = max(4, len(str(len(drafts))))
     corpus: dict[str, str] = {}
     doc_topic: dict[str, int] = {}
-    doc_words: dict[str, set[str]] = {}
     for i, j in enumerate(order, start=1):
         doc_id = f"d{i:0{width}d}"
-        t, text = drafts[int(j)]
-        corpus[doc_id] = text
-        doc_topic[doc_id] = t
-        doc_words[doc_id] = _words(text)
+        doc_topic[doc_id], corpus[doc_id] = drafts[int(j)]
+    return corpus, doc_topic
+
+
+def _queries(rng: np.random.Generator, topics: list, corpus: dict[str, str],
+             doc_topic: dict[str, int], queries_per_topic: int
+             ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Queries, each anchored on one document of its topic so that it has a grade-2 document,
+    and their judgments (see the module docstring)."""
+    doc_words = {doc_id: _words(text) for doc_id, text in corpus.items()}
     by_topic: list[list[str]] = [[] for _ in topics]
     for doc_id, t in doc_topic.items():
         by_topic[t].append(doc_id)
-
-    # Queries, each anchored on one document of its topic so that it has a grade-2 document.
     sibling_of = {
         t: {s for s in range(len(topics)) if s != t and topics[s][2] is topics[t][2]}
         for t in range(len(topics))
     }
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
-    q_width = max(3, len(str(n_topics * queries_per_topic)))
+    q_width = max(3, len(str(len(topics) * queries_per_topic)))
     n = 0
     for t, (_, nouns, family, _) in enumerate(topics):
         for _ in range(queries_per_topic):
@@ -271,7 +260,27 @@ def make_synthetic(
                 elif doc_topic[doc_id] in sibling_of[t] and hits:
                     judged[doc_id] = 0
             qrels[query_id] = judged
+    return queries, qrels
 
+
+def make_synthetic(
+    seed: int = 0, n_topics: int = 12, docs_per_topic: int = 30, queries_per_topic: int = 6,
+    mix: tuple[float, float, float] = DEFAULT_MIX, name: str = "synthetic",
+) -> RetrievalDataset:
+    """The synthetic collection; the same arguments always give the same dataset. `n_topics` is
+    1 to 16 (families are interleaved, so 12 topics cover all four families, three topics each);
+    `mix` is how often a document's noun is its topic's, its family's or a sibling topic's."""
+    all_topics = _topics()
+    if not 1 <= n_topics <= len(all_topics):
+        raise ValueError(f"n_topics must be between 1 and {len(all_topics)}, got {n_topics}")
+    if docs_per_topic < 1:
+        raise ValueError(f"docs_per_topic must be at least 1, got {docs_per_topic}")
+    if queries_per_topic < 1:
+        raise ValueError(f"queries_per_topic must be at least 1, got {queries_per_topic}")
+    rng = np.random.default_rng(seed)
+    topics = all_topics[:n_topics]
+    corpus, doc_topic = _documents(rng, topics, docs_per_topic, mix)
+    queries, qrels = _queries(rng, topics, corpus, doc_topic, queries_per_topic)
     dataset = finalise(name, corpus, queries, qrels)
     log.debug("synthetic dataset (seed %d): %r", seed, dataset)
     return dataset
