@@ -156,6 +156,20 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     weights = {r.data.tags["config_label"]: r.data.metrics.get("teacher_weight") for r in jobs}
     assert weights["hybrid/minilm/constant:0.2/procrustes"] == pytest.approx(0.2)
     assert weights["hybrid/minilm/constant:0.8/procrustes"] == pytest.approx(0.8)
+    # the parent's answer: the best final validation score (ties: the first label), and with
+    # one seed its test NDCG@10 is that job's own
+    best = min(jobs, key=lambda r: (-r.data.metrics["val_ndcg_at_10"],
+                                    r.data.tags["config_label"]))
+    parent = parents[0].data
+    assert parent.tags["chosen_config"] == best.data.tags["config_label"]
+    assert parent.metrics["chosen_test_ndcg_at_10"] == pytest.approx(
+        best.data.metrics["ndcg_at_10"], abs=1e-9)
+    low, high = (parent.metrics[f"chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
+    assert low < parent.metrics["chosen_test_ndcg_at_10"] < high
+    assert parent.tags["chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
+    assert parent.metrics["sweep_jobs"] == 3
+    assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in \
+        (sweep_store / "sweep.log").read_text()
 
 
 @pytest.mark.slow
@@ -168,6 +182,10 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
     jobs, parents = _job_runs(client, "sweep")
     assert len(jobs) == 3 and len(parents) == 2
     assert output.count("skipping") == 4
+    # the second sweep skipped every job, and still stands for the runs it found
+    first, again = sorted(parents, key=lambda r: r.info.start_time)
+    assert again.data.tags["chosen_config"] == first.data.tags["chosen_config"]
+    assert again.data.metrics["sweep_jobs"] == 3
 
 
 @pytest.mark.slow
