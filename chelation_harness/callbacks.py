@@ -20,6 +20,7 @@ from mlflow.entities import Metric, RunTag
 from omegaconf import DictConfig
 
 from chelation import tracking
+from chelation.job import _NOT_IDENTITY, identity
 from chelation.run_owner import Heartbeat
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class MlflowSweepCallback(Callback):
         run_id = tracking.start_parent_run(uri, experiment_id, name,
                                            {"sweep_dir": str(sweep_dir), "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
-        _open_sweep.update(uri=uri, run_id=run_id,
+        _open_sweep.update(uri=uri, run_id=run_id, experiment_id=experiment_id,
                            heartbeat=Heartbeat(tracking.client(uri), run_id))
         # a sweep stopped by a signal or an error never reaches on_multirun_end
         atexit.register(_end_sweep, "KILLED")
@@ -55,8 +56,10 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
-        summary = None
+        summary, browse = None, ""
         if _open_sweep:
+            browse = (f"to browse: mlflow ui --backend-store-uri {_open_sweep['uri']}, then open "
+                      f"{tracking.ui_link(_open_sweep['experiment_id'])}")
             try:  # the parent run carries the sweep's table and its answer
                 summary = log_sweep_summary(_open_sweep["uri"], config.tracking.experiment,
                                             _open_sweep["run_id"], config.hydra.sweep.dir, table)
@@ -67,6 +70,8 @@ class MlflowSweepCallback(Callback):
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
         if summary is not None:
             log.info("%s", summary.line())
+        if browse:
+            log.info("%s", browse)
 
 
 def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,
@@ -91,17 +96,20 @@ def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | P
 def sweep_config_hashes(sweep_dir: str | Path) -> set[str]:
     """The config hashes of the sweep's jobs, those skipped as already done included (each job
     folder keeps its resolved config.yaml)."""
-    from chelation.job import identity  # torch and the models: only once the sweep is over
-
     return {identity(yaml.safe_load(path.read_text()))[0]
             for path in Path(sweep_dir).glob("*/config.yaml")}
 
 
 def sweep_name(overrides) -> str:
-    """The parent run's name: the preset when the sweep is one, else its overrides."""
+    """The parent run's name: the preset when the sweep is one, else its overrides, less those
+    that change nothing a job computes (where results go, progress bars); the `overrides` tag
+    keeps them all."""
     overrides = list(overrides)
     presets = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
-    return f"sweep {presets[0]}" if presets else f"sweep {' '.join(overrides)}"[:250]
+    if presets:
+        return f"sweep {presets[0]}"
+    telling = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_IDENTITY + ("hydra",))]
+    return f"sweep {' '.join(telling or overrides)}"[:250]
 
 
 def sweep_table(sweep_dir: str | Path) -> str:

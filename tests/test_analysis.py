@@ -510,8 +510,8 @@ def test_the_sweep_summary_is_the_validation_choice_and_its_test_interval(store,
     summary = log_sweep_summary(store, "full", parent, tmp_path, "the table")
     chosen = "hybrid/mpnet/constant:0.5/procrustes"  # the largest validation effect in FULL
     run = client.get_run(parent)
-    assert run.data.tags["chosen_config"] == chosen == summary.tags["chosen_config"]
-    assert run.data.tags["chosen_reference"] == "frozen/all-MiniLM-L6-v2"
+    assert run.data.tags["sweep_chosen_config"] == chosen == summary.tags["sweep_chosen_config"]
+    assert run.data.tags["sweep_chosen_reference"] == "frozen/all-MiniLM-L6-v2"
     assert run.data.metrics == pytest.approx(summary.metrics)
     assert run.data.metrics["sweep_jobs"] == len(FULL) * 3
     # recomputed here: final cycle, each query averaged over the 3 seeds, t-interval over queries
@@ -522,13 +522,13 @@ def test_the_sweep_summary_is_the_validation_choice_and_its_test_interval(store,
     low, high = stats.t.interval(0.95, len(QUERIES) - 1, per_query["hybrid"].mean(),
                                  stats.sem(per_query["hybrid"]))
     m = run.data.metrics
-    assert (m["chosen_test_ndcg_at_10"], m["chosen_test_ndcg_at_10_ci_low"],
-            m["chosen_test_ndcg_at_10_ci_high"]) == pytest.approx(
+    assert (m["sweep_chosen_test_ndcg_at_10"], m["sweep_chosen_test_ndcg_at_10_ci_low"],
+            m["sweep_chosen_test_ndcg_at_10_ci_high"]) == pytest.approx(
         (per_query["hybrid"].mean(), low, high))
     diff = per_query["hybrid"] - per_query["frozen"]
-    assert m["chosen_diff"] == pytest.approx(diff.mean())
-    assert m["chosen_diff_ci_low"] < m["chosen_diff"] < m["chosen_diff_ci_high"]
-    assert m["chosen_val_ndcg_at_10"] == pytest.approx(
+    assert m["sweep_chosen_diff"] == pytest.approx(diff.mean())
+    assert m["sweep_chosen_diff_ci_low"] < m["sweep_chosen_diff"] < m["sweep_chosen_diff_ci_high"]
+    assert m["sweep_chosen_val_ndcg_at_10"] == pytest.approx(
         runs.loc[runs["config_label"] == chosen, "metrics.val_ndcg_at_10"].mean())
     table = client.download_artifacts(parent, "sweep_table.txt", str(tmp_path))
     assert Path(table).read_text() == "the table"
@@ -540,11 +540,12 @@ def test_a_sweep_of_one_mode_and_one_seed_is_compared_with_its_own_cycle_zero(st
 
     _, parent = _parent(store, "one-arm")
     summary = sweep_summary(store, "one-arm", parent)
-    assert summary.tags["chosen_config"] == "hybrid/mpnet/constant:0.5/procrustes"
-    assert summary.tags["chosen_reference"] == "cycle 0 (same runs)"
-    low, high = (summary.metrics[f"chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
-    assert low < summary.metrics["chosen_test_ndcg_at_10"] < high  # per query: one seed will do
-    assert summary.metrics["chosen_seeds"] == 1
+    assert summary.tags["sweep_chosen_config"] == "hybrid/mpnet/constant:0.5/procrustes"
+    assert summary.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"
+    low, high = (summary.metrics[f"sweep_chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
+    # the interval is over queries: one seed will do
+    assert low < summary.metrics["sweep_chosen_test_ndcg_at_10"] < high
+    assert summary.metrics["sweep_chosen_seeds"] == 1
 
 
 def test_a_sweep_without_validation_says_why_nothing_was_chosen(store):
@@ -552,9 +553,9 @@ def test_a_sweep_without_validation_says_why_nothing_was_chosen(store):
 
     _, parent = _parent(store, "no-validation")
     summary = sweep_summary(store, "no-validation", parent)
-    assert summary.tags["chosen_config"].startswith("none: no job logged val_ndcg_at_10")
+    assert summary.tags["sweep_chosen_config"].startswith("none: no job logged val_ndcg_at_10")
     assert summary.metrics == {"sweep_jobs": 1, "sweep_configurations": 1}
-    assert sweep_summary(store, "no-validation", "no-such-parent").tags["chosen_config"] == \
+    assert sweep_summary(store, "no-validation", "no-such-parent").tags["sweep_chosen_config"] == \
         "none: no job of this sweep finished"
 
 

@@ -161,12 +161,12 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     best = min(jobs, key=lambda r: (-r.data.metrics["val_ndcg_at_10"],
                                     r.data.tags["config_label"]))
     parent = parents[0].data
-    assert parent.tags["chosen_config"] == best.data.tags["config_label"]
-    assert parent.metrics["chosen_test_ndcg_at_10"] == pytest.approx(
+    assert parent.tags["sweep_chosen_config"] == best.data.tags["config_label"]
+    assert parent.metrics["sweep_chosen_test_ndcg_at_10"] == pytest.approx(
         best.data.metrics["ndcg_at_10"], abs=1e-9)
-    low, high = (parent.metrics[f"chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
-    assert low < parent.metrics["chosen_test_ndcg_at_10"] < high
-    assert parent.tags["chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
+    low, high = (parent.metrics[f"sweep_chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
+    assert low < parent.metrics["sweep_chosen_test_ndcg_at_10"] < high
+    assert parent.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
     assert parent.metrics["sweep_jobs"] == 3
     assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in \
         (sweep_store / "sweep.log").read_text()
@@ -184,7 +184,7 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
     assert output.count("skipping") == 4
     # the second sweep skipped every job, and still stands for the runs it found
     first, again = sorted(parents, key=lambda r: r.info.start_time)
-    assert again.data.tags["chosen_config"] == first.data.tags["chosen_config"]
+    assert again.data.tags["sweep_chosen_config"] == first.data.tags["sweep_chosen_config"]
     assert again.data.metrics["sweep_jobs"] == 3
 
 
@@ -305,3 +305,12 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
     lines = sweep_table(tmp_path).splitlines()
     assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000"]
     assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100"]
+
+
+def test_the_sweep_is_named_after_its_preset_or_the_overrides_that_decide_its_jobs() -> None:
+    from chelation_harness.callbacks import sweep_name
+
+    assert sweep_name(["+experiment=study_arms", "seed=0,1"]) == "sweep study_arms"
+    assert sweep_name(["mode=frozen,hybrid", "seed=0,1", "tracking.uri=sqlite:///x.db",
+                       "tracking.experiment=e", "show_progress=false", "cache_dir=/c",
+                       "hydra.launcher.n_jobs=2"]) == "sweep mode=frozen,hybrid seed=0,1"
