@@ -35,8 +35,9 @@ from chelation import tracking
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "first_look"
 WIDTH, HEIGHT = 1600, 1000
-# the columns a user ticks under "Columns" for the runs picture
-COLUMNS = ("ndcg_at_10", "val_ndcg_at_10", "recall_at_100", "sweep_chosen_test_ndcg_at_10")
+# the columns a user ticks (or unticks: Source, Models) under "Columns" for the runs picture
+COLUMNS = ("Source", "Models", "ndcg_at_10", "val_ndcg_at_10", "recall_at_100",
+           "sweep_chosen_test_ndcg_at_10")
 
 
 def free_port() -> int:
@@ -109,13 +110,18 @@ class Tab:
         await self.call("Page.reload", ignoreCache=True)
         await asyncio.sleep(settle)
 
-    async def click(self, text: str, selector: str = "button", settle: float = 1.0) -> None:
-        """Click the last visible element under `selector` whose text is exactly `text`."""
+    async def click(self, text: str, selector: str = "button", settle: float = 1.0,
+                    pick: int = -1) -> None:
+        """Click an element under `selector` whose text is exactly `text` (the last one, or the
+        `pick`-th), scrolled to the top of the view."""
         found = await self.js(f"""(() => {{
-            const hits = Array.from(document.querySelectorAll({json.dumps(selector)}))
+            const all = Array.from(document.querySelectorAll({json.dumps(selector)}))
                 .filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)});
-            if (!hits.length) return false;
-            hits[hits.length - 1].scrollIntoView(); hits[hits.length - 1].click(); return true;
+            // the innermost of nested matches: one per thing on the page
+            const hits = all.filter(e => !all.some(o => o !== e && e.contains(o)));
+            const hit = hits.at({pick});
+            if (!hit) return false;
+            hit.scrollIntoView(); hit.click(); return true;
         }})()""")
         if not found:
             raise RuntimeError(f"nothing to click reads {text!r}")
@@ -174,7 +180,12 @@ async def take_pictures(debug_port: int, base: str, uri: str, out: Path) -> None
             pair = [runs["frozen/all-MiniLM-L6-v2/seed0"],
                     runs["hybrid/minilm/constant:0.5/procrustes/seed0"]]
             await tab.open(f"#/compare-runs?runs={json.dumps(pair)}"
-                           f"&experiments={json.dumps([experiment])}", settle=8)
+                           f"&experiments={json.dumps([experiment])}"
+                           "&workflowType=machine_learning", settle=8)
+            # folded, the plots leave the page to the two runs' metrics and parameters
+            await tab.click("Visualizations", "button, [role=button], span, h2")
+            for section in (1, 0):  # metrics, then parameters: what differs, from the top
+                await tab.click("Show diff only", "label, span, button", pick=section)
             await tab.shot(out / "mlflow_compare.png")
 
             parent = next(i for name, i in runs.items() if name.startswith("sweep "))

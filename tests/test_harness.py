@@ -168,8 +168,10 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     assert low < parent.metrics["sweep_chosen_test_ndcg_at_10"] < high
     assert parent.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
     assert parent.metrics["sweep_jobs"] == 3
-    assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in \
-        (sweep_store / "sweep.log").read_text()
+    console = (sweep_store / "sweep.log").read_text()
+    assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in console
+    assert f"/#/experiments/{parents[0].info.experiment_id}/runs?workflowType=machine_learning" \
+        in console
 
 
 @pytest.mark.slow
