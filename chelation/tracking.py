@@ -53,6 +53,16 @@ class Tag(StrEnum):
     CONFIG_LABEL = "config_label"
     FALLBACK = "fallback"
     GIT_COMMIT = "git_commit"
+# MLflow 3.17's UI shows GenAI or training views by its own switch (the URL's workflowType, else
+# the browser's last choice, GenAI at first), whatever the experiment's kind; sorted by a metric,
+# the runs list shows every job instead of folding them under their sweep's run.
+UI_RUNS_QUERY = ("workflowType=machine_learning&orderByKey=metrics.%60ndcg_at_10%60"
+                 "&orderByAsc=false")
+
+
+def ui_link(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's training runs in `mlflow ui` (at `base`), every job listed, best first."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_RUNS_QUERY}"
 
 
 def with_busy_timeout(uri: str, seconds: int = 60) -> str:
@@ -113,7 +123,7 @@ def _experiment_id(uri: str, experiment: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        # MLflow's UI opens an experiment of this kind on its training runs
+        # the kind MLflow's UI labels the experiment with (3.17 opens views by ui_link's switch)
         return client(uri).create_experiment(experiment,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:

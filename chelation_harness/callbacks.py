@@ -9,15 +9,22 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, RunTag
 from omegaconf import DictConfig
 
 from chelation import tracking
+from chelation.identity import NOT_IDENTITY, identity
 from chelation.run_owner import Heartbeat
+
+if TYPE_CHECKING:
+    from chelation.analysis.sweep import SweepSummary
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ class MlflowSweepCallback(Callback):
         run_id = tracking.start_parent_run(uri, experiment_id, name,
                                            {"sweep_dir": str(sweep_dir), "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
-        _open_sweep.update(uri=uri, run_id=run_id,
+        _open_sweep.update(uri=uri, run_id=run_id, experiment_id=experiment_id,
                            heartbeat=Heartbeat(tracking.client(uri), run_id))
         # a sweep stopped by a signal or an error never reaches on_multirun_end
         atexit.register(_end_sweep, "KILLED")
@@ -49,22 +56,60 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
-        if table and _open_sweep:
-            try:  # the parent run carries the sweep's table as an artifact
-                tracking.client(_open_sweep["uri"]).log_text(_open_sweep["run_id"], table,
-                                                             "sweep_table.txt")
+        summary, browse = None, ""
+        if _open_sweep:
+            browse = (f"to browse: mlflow ui --backend-store-uri {_open_sweep['uri']}, then open "
+                      f"{tracking.ui_link(_open_sweep['experiment_id'])}")
+            try:  # the parent run carries the sweep's table and its answer
+                summary = log_sweep_summary(_open_sweep["uri"], config.tracking.experiment,
+                                            _open_sweep["run_id"], config.hydra.sweep.dir, table)
             except Exception as err:  # noqa: BLE001 - the table is also on the console
-                log.error("could not log the sweep table to MLflow: %s", err)
+                log.error("could not log the sweep's summary to MLflow: %s", err)
         _end_sweep("FINISHED")
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+        if summary is not None:
+            log.info("%s", summary.line())
+        if browse:
+            log.info("%s", browse)
+
+
+def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,
+                      table: str) -> SweepSummary:
+    """Log on the parent run the table of the sweep's jobs (`sweep_table.txt`) and its summary
+    (`chelation.analysis.sweep`): the configuration chosen on validation as tags, its test
+    NDCG@10 and interval as metrics."""
+    from chelation.analysis.sweep import sweep_summary  # scipy: only once the sweep is over
+
+    # a progress bar per downloaded per-query table would bury the summary on the console
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = tracking.client(uri)
+    if table:
+        client.log_text(run_id, table, "sweep_table.txt")
+    summary = sweep_summary(uri, experiment, run_id, sweep_config_hashes(sweep_dir))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.metrics.items()],
+                     tags=[RunTag(k, v) for k, v in summary.tags.items()])
+    return summary
+
+
+def sweep_config_hashes(sweep_dir: str | Path) -> set[str]:
+    """The config hashes of the sweep's jobs, those skipped as already done included (each job
+    folder keeps its resolved config.yaml)."""
+    return {identity(yaml.safe_load(path.read_text()))[0]
+            for path in Path(sweep_dir).glob("*/config.yaml")}
 
 
 def sweep_name(overrides) -> str:
-    """The parent run's name: the preset when the sweep is one, else its overrides."""
+    """The parent run's name: the preset when the sweep is one, else its overrides, less those
+    that change nothing a job computes (where results go, progress bars); the `overrides` tag
+    keeps them all."""
     overrides = list(overrides)
     presets = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
-    return f"sweep {presets[0]}" if presets else f"sweep {' '.join(overrides)}"[:250]
+    if presets:
+        return f"sweep {presets[0]}"
+    telling = [o for o in overrides if not o.lstrip("+~").startswith(NOT_IDENTITY + ("hydra",))]
+    return f"sweep {' '.join(telling or overrides)}"[:250]
 
 
 def sweep_table(sweep_dir: str | Path) -> str:

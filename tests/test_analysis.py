@@ -393,7 +393,7 @@ def _label(mode, teacher, schedule, weight):
     return "/".join(parts)
 
 
-def _log_study(uri, client, experiment, arms, seeds, tmp):
+def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
     from chelation import tracking
 
     exp_id = client.create_experiment(experiment, artifact_location=str(tmp / "artifacts"))
@@ -424,7 +424,8 @@ def _log_study(uri, client, experiment, arms, seeds, tmp):
                 run.log_metrics({
                     "ndcg_at_10": scores.mean(), "ndcg_at_10_std": scores.std(),
                     "recall_at_100": min(1.0, scores.mean() + 0.3),
-                    "val_ndcg_at_10": 0.45 + val_effect * cycle / CYCLES + 0.003 * seed,
+                    "val_ndcg_at_10": (0.45 + val_effect * cycle / CYCLES + 0.003 * seed
+                                       if validation else math.nan),
                     "query_time_s": 0.8, "sediment_time_s": 0.0 if cycle == 0 else 1.5,
                     "eval_time_s": 0.2, "n_targets": 0 if cycle == 0 else 40,
                     "teacher_weight": weight if mode == "hybrid" else float("nan"),
@@ -453,6 +454,9 @@ def store(tmp_path_factory):
     _log_study(uri, client, "full", FULL, (0, 1, 2), tmp)
     no_hybrid = [arm for arm in FULL if arm[0] != "hybrid"]
     _log_study(uri, client, "no-hybrid", no_hybrid, (0, 1), tmp)
+    # sweeps of one mode and one seed, with and without validation queries
+    _log_study(uri, client, "one-arm", FULL[4:5], (0,), tmp)
+    _log_study(uri, client, "no-validation", FULL[4:5], (0,), tmp, validation=False)
     return uri
 
 
@@ -488,6 +492,82 @@ def test_loaders_read_the_store(store):
     assert best["p_ttest"] < 0.05 and best["n_seeds"] == 3 and best["n_queries"] == len(QUERIES)
     choice = ca.select_on_validation(runs)
     assert choice["config_label"] == "hybrid/mpnet/constant:0.5/procrustes"
+
+
+def _parent(store, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`chelation.role` = 'sweep'")
+    return client, parent.info.run_id
+
+
+def test_the_sweep_summary_is_the_validation_choice_and_its_test_interval(store, tmp_path):
+    from chelation_harness.callbacks import log_sweep_summary
+
+    client, parent = _parent(store, "full")
+    summary = log_sweep_summary(store, "full", parent, tmp_path, "the table")
+    chosen = "hybrid/mpnet/constant:0.5/procrustes"  # the largest validation effect in FULL
+    run = client.get_run(parent)
+    assert run.data.tags["sweep_chosen_config"] == chosen == summary.tags["sweep_chosen_config"]
+    assert run.data.tags["sweep_chosen_reference"] == "frozen/all-MiniLM-L6-v2"
+    assert run.data.metrics == pytest.approx(summary.metrics)
+    assert run.data.metrics["sweep_jobs"] == len(FULL) * 3
+    # recomputed here: final cycle, each query averaged over the 3 seeds, t-interval over queries
+    runs = ca.load_runs(store, "full")
+    final = ca.load_per_query(store, runs[runs["config_label"].isin(
+        [chosen, "frozen/all-MiniLM-L6-v2"])]).query("cycle == @CYCLES")
+    per_query = final.pivot_table("ndcg_at_10", "query_id", "mode")
+    low, high = stats.t.interval(0.95, len(QUERIES) - 1, per_query["hybrid"].mean(),
+                                 stats.sem(per_query["hybrid"]))
+    m = run.data.metrics
+    assert (m["sweep_chosen_test_ndcg_at_10"], m["sweep_chosen_test_ndcg_at_10_ci_low"],
+            m["sweep_chosen_test_ndcg_at_10_ci_high"]) == pytest.approx(
+        (per_query["hybrid"].mean(), low, high))
+    diff = per_query["hybrid"] - per_query["frozen"]
+    assert m["sweep_chosen_diff"] == pytest.approx(diff.mean())
+    assert m["sweep_chosen_diff_ci_low"] < m["sweep_chosen_diff"] < m["sweep_chosen_diff_ci_high"]
+    assert m["sweep_chosen_val_ndcg_at_10"] == pytest.approx(
+        runs.loc[runs["config_label"] == chosen, "metrics.val_ndcg_at_10"].mean())
+    table = client.download_artifacts(parent, "sweep_table.txt", str(tmp_path))
+    assert Path(table).read_text() == "the table"
+    assert summary.line().startswith(f"chosen on validation: {chosen}: test NDCG@10 ")
+
+
+def test_a_sweep_of_one_mode_and_one_seed_is_compared_with_its_own_cycle_zero(store):
+    from chelation.analysis.sweep import sweep_summary
+
+    _, parent = _parent(store, "one-arm")
+    summary = sweep_summary(store, "one-arm", parent)
+    assert summary.tags["sweep_chosen_config"] == "hybrid/mpnet/constant:0.5/procrustes"
+    assert summary.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"
+    low, high = (summary.metrics[f"sweep_chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
+    # the interval is over queries: one seed will do
+    assert low < summary.metrics["sweep_chosen_test_ndcg_at_10"] < high
+    assert summary.metrics["sweep_chosen_seeds"] == 1
+
+
+def test_a_sweep_without_validation_says_why_nothing_was_chosen(store):
+    from chelation.analysis.sweep import sweep_summary
+
+    _, parent = _parent(store, "no-validation")
+    summary = sweep_summary(store, "no-validation", parent)
+    assert summary.tags["sweep_chosen_config"].startswith("none: no job logged val_ndcg_at_10")
+    assert summary.metrics == {"sweep_jobs": 1, "sweep_configurations": 1}
+    assert sweep_summary(store, "no-validation", "no-such-parent").tags["sweep_chosen_config"] == \
+        "none: no job of this sweep finished"
+
+
+def test_a_resumed_sweep_stands_for_the_runs_its_jobs_skipped(store):
+    from chelation.analysis.sweep import sweep_job_runs
+
+    runs = ca.load_runs(store, "full")
+    _, parent = _parent(store, "full")
+    assert len(sweep_job_runs(runs, parent)) == len(runs)
+    earlier = runs["config_hash"].head(2).tolist()
+    assert sorted(sweep_job_runs(runs, "a-later-sweep", earlier)["config_hash"]) == \
+        sorted(earlier)
 
 
 @pytest.fixture(scope="module")
@@ -668,3 +748,13 @@ def test_the_report_uses_short_labels_and_says_what_they_mean(store):
     row = next(line for line in report.splitlines() if line.startswith("| `hybrid-2` | `"))
     assert "`hybrid/mpnet/constant:0.5/procrustes`" in row and "weight.value=0.5" in row
     assert "Highest mean final val_ndcg_at_10" in report and "`hybrid-2` (validation" in report
+
+
+def test_a_tie_on_validation_goes_to_the_frozen_arm():
+    runs = pd.DataFrame({
+        "group_hash": ["b", "f", "h"], "config_label": ["baseline", "frozen/m", "hybrid/x"],
+        "mode": ["baseline", "frozen", "hybrid"], "student": ["m"] * 3, "seed": [0, 0, 0],
+        "metrics.val_ndcg_at_10": [0.5, 0.5, 0.5]})
+    assert ca.select_on_validation(runs)["config_label"] == "frozen/m"
+    runs.loc[runs["mode"] == "hybrid", "metrics.val_ndcg_at_10"] = 0.51
+    assert ca.select_on_validation(runs)["config_label"] == "hybrid/x"

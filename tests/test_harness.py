@@ -16,6 +16,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from mlflow.tracking import MlflowClient
 
 from chelation import tracking
+from chelation.kinds import MODES
 from chelation.settings import SettingsError
 from chelation_harness.schema import register
 from chelation_harness.train import job_config
@@ -156,6 +157,23 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     weights = {r.data.tags["config_label"]: r.data.metrics.get("teacher_weight") for r in jobs}
     assert weights["hybrid/minilm/constant:0.2/procrustes"] == pytest.approx(0.2)
     assert weights["hybrid/minilm/constant:0.8/procrustes"] == pytest.approx(0.8)
+    # the parent's answer: the best final validation score (ties: the simpler mode, then the
+    # label), and with one seed its test NDCG@10 is that job's own
+    best = min(jobs, key=lambda r: (-r.data.metrics["val_ndcg_at_10"],
+                                    MODES.index(r.data.tags["mode"]),
+                                    r.data.tags["config_label"]))
+    parent = parents[0].data
+    assert parent.tags["sweep_chosen_config"] == best.data.tags["config_label"]
+    assert parent.metrics["sweep_chosen_test_ndcg_at_10"] == pytest.approx(
+        best.data.metrics["ndcg_at_10"], abs=1e-9)
+    low, high = (parent.metrics[f"sweep_chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
+    assert low < parent.metrics["sweep_chosen_test_ndcg_at_10"] < high
+    assert parent.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
+    assert parent.metrics["sweep_jobs"] == 3
+    console = (sweep_store / "sweep.log").read_text()
+    assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in console
+    assert f"/#/experiments/{parents[0].info.experiment_id}/runs?workflowType=machine_learning" \
+        in console
 
 
 @pytest.mark.slow
@@ -168,6 +186,10 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep_store: Path) -> None:
     jobs, parents = _job_runs(client, "sweep")
     assert len(jobs) == 3 and len(parents) == 2
     assert output.count("skipping") == 4
+    # the second sweep skipped every job, and still stands for the runs it found
+    first, again = sorted(parents, key=lambda r: r.info.start_time)
+    assert again.data.tags["sweep_chosen_config"] == first.data.tags["sweep_chosen_config"]
+    assert again.data.metrics["sweep_jobs"] == 3
 
 
 @pytest.mark.slow
@@ -292,3 +314,12 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
     assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100", "2", "none"]
     assert lines[3].split() == ["offline/t/procrustes", "1", "0.3000", "+0.0000", "2", "baseline"]
     assert len(lines) == 5 and "collapse guard" in lines[4]
+
+
+def test_the_sweep_is_named_after_its_preset_or_the_overrides_that_decide_its_jobs() -> None:
+    from chelation_harness.callbacks import sweep_name
+
+    assert sweep_name(["+experiment=study_arms", "seed=0,1"]) == "sweep study_arms"
+    assert sweep_name(["mode=frozen,hybrid", "seed=0,1", "tracking.uri=sqlite:///x.db",
+                       "tracking.experiment=e", "show_progress=false", "cache_dir=/c",
+                       "hydra.launcher.n_jobs=2"]) == "sweep mode=frozen,hybrid seed=0,1"

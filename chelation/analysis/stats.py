@@ -289,7 +289,7 @@ def select_on_validation(runs_df: pd.DataFrame, modes: Sequence[str] = MODES,
     starting with `val_`) are accepted: choosing on test figures would leak. Candidates share
     one query-side model, `student` (default: the student of most runs), so the choice never
     buys quality with a costlier query encoder; the frozen student itself is a candidate, and
-    when it wins the answer is "no change"."""
+    when it wins (ties included) the answer is "no change"."""
     if not metric.startswith("val_"):
         raise ValueError(f"select on a validation metric (val_*), not {metric!r}")
     column = f"metrics.{metric}"
@@ -304,7 +304,10 @@ def select_on_validation(runs_df: pd.DataFrame, modes: Sequence[str] = MODES,
     scores = pool.groupby("group_hash").agg(
         val_mean=(column, "mean"), n_seeds=("seed", "nunique"),
         config_label=("config_label", "first"), mode=("mode", "first"))
-    best = scores.sort_values(["val_mean", "config_label"], ascending=[False, True]).iloc[0]
+    # a tie goes to the simpler mode (frozen first: "no change"), then to the label
+    scores["_rank"] = scores["mode"].map({m: i for i, m in enumerate(MODES)}).fillna(len(MODES))
+    best = scores.sort_values(["val_mean", "_rank", "config_label"],
+                              ascending=[False, True, True]).iloc[0]
     return {"group_hash": str(best.name), "config_label": best["config_label"],
             "mode": best["mode"], "metric": metric, "val_mean": float(best["val_mean"]),
             "n_seeds": int(best["n_seeds"]), "n_candidates": int(len(scores))}
