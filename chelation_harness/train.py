@@ -53,8 +53,9 @@ CONF = str(Path(__file__).resolve().parent / "conf")
 def main(cfg: DictConfig) -> float | None:
     settings = settings_from(cfg)
     hydra_cfg = HydraConfig.get()
-    parent = parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     config = OmegaConf.to_container(cfg, resolve=True)
+    parent = parent_run_id(hydra_cfg.sweep.dir, config["tracking"]) \
+        if hydra_cfg.mode == RunMode.MULTIRUN else None
     summary = run_tracked_job(
         dataset_spec=config["dataset"],
         settings=settings,
