@@ -71,7 +71,9 @@ start() {
     local backend="${BACKEND_STORE_URI:-}" port
     [ -n "$backend" ] || backend="$(start_postgres)"
     port="$(free_port)"
-    # its own session, so stop ends the server and its workers together
+    # its own session, so stop ends the server and its workers together; without MLflow's
+    # server-side job runner (GenAI evaluation jobs: the harness has none, it is 7 processes)
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
     setsid "$python" -m mlflow server --backend-store-uri "$backend" --serve-artifacts \
         --artifacts-destination "$dir/artifacts" --host 127.0.0.1 --port "$port" \
         --workers "${MLFLOW_WORKERS:-2}" >"$dir/mlflow.log" 2>&1 < /dev/null &
