@@ -46,9 +46,10 @@ def server() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="chelation-tracking-"))
     folder.chmod(0o755)
     env = {**os.environ, "PYTHON": sys.executable}
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS")}
-    os.environ.update(RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
-                      RAY_DEDUP_LOGS="0")
+    ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+               "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    saved = {k: os.environ.get(k) for k in ray_env}
+    os.environ.update(ray_env)
     try:
         started = subprocess.run(["bash", str(SERVER), "start", str(folder)], env=env,
                                  capture_output=True, text=True, timeout=180)
