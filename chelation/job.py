@@ -206,7 +206,9 @@ def job_summary(label: str, seed: int, result: JobResult, seconds: float, output
              f"  rollbacks by the guard: {rollbacks}; fallback: {result.fallback}",
              f"  results: {output_dir}"]
     if run_id:
-        lines.append(f"  MLflow run {run_id}; to browse: mlflow ui --backend-store-uri {uri}")
+        browse = uri if uri.startswith(("http://", "https://")) \
+            else f"mlflow ui --backend-store-uri {uri}"
+        lines.append(f"  MLflow run {run_id}; to browse: {browse}")
     return "\n".join(lines)
 
 

@@ -152,6 +152,18 @@ def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
     return runs[0] if runs else None
 
 
+def find_open_sweep(client: MlflowClient, experiment_id: str, sweep_dir: str) -> str | None:
+    """The id of the running sweep (parent) run that writes into `sweep_dir`, if any: how a
+    worker without the sweep folder's files finds the run to nest under."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.sweep_dir = '{sweep_dir}' "
+                      "and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def start_parent_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
     run = client(uri).create_run(experiment_id, run_name=name,
                                  tags={ROLE_TAG: "sweep", **owner_tags(), **tags})

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from chelation.run_owner import Heartbeat
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary
+    from chelation.settings import TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class MlflowSweepCallback(Callback):
             except Exception as err:  # noqa: BLE001 - the table is also on the console
                 log.error("could not log the sweep's summary to MLflow: %s", err)
         _end_sweep("FINISHED")
+        _retire_killed_jobs(config.tracking)
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
         if summary is not None:
@@ -154,6 +157,26 @@ def _end_sweep(status: str) -> None:
     tracking.end_run(sweep["uri"], sweep["run_id"], status)
 
 
-def parent_run_id(sweep_dir: str | Path) -> str | None:
+def _retire_killed_jobs(target: Mapping[str, Any]) -> None:
+    """Jobs whose worker was killed mid-sweep (a Ray task retried elsewhere, say) are marked
+    KILLED when the sweep ends, not only when the next one starts."""
+    if not target.get("enabled", True):
+        return
+    try:
+        experiment_id = tracking.prepare_store(target["uri"], target["experiment"])
+        if retired := tracking.retire_stale_runs(tracking.client(target["uri"]), experiment_id):
+            log.info("marked %d runs left by killed processes as KILLED", retired)
+    except Exception as err:  # noqa: BLE001 - the next sweep retires them as well
+        log.error("could not retire the runs of killed jobs: %s", err)
+
+
+def parent_run_id(sweep_dir: str | Path, target: TrackingTarget | None = None) -> str | None:
+    """The sweep's parent run: from the sweep folder, or, for a worker on another machine that
+    does not share it, from the tracking store `target` names."""
     path = Path(sweep_dir) / PARENT_FILE
-    return path.read_text().strip() if path.exists() else None
+    if path.exists():
+        return path.read_text().strip()
+    if target is None or not target.enabled:
+        return None
+    experiment_id = tracking.prepare_store(target.uri, target.experiment)
+    return tracking.find_open_sweep(tracking.client(target.uri), experiment_id, str(sweep_dir))

@@ -28,8 +28,10 @@ def main(cfg: DictConfig) -> float | None:
     """One job; returns its final validation NDCG@10 (what a sweeper may optimise; never test)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    summary = run_tracked_job(job_config(cfg), hydra_cfg.runtime.output_dir,
-                              parent_run_id(hydra_cfg.sweep.dir) if multirun else None)
+    config = job_config(cfg)
+    summary = run_tracked_job(config, hydra_cfg.runtime.output_dir,
+                              parent_run_id(hydra_cfg.sweep.dir, config.tracking) if multirun
+                              else None)
     return summary.final_val_ndcg_at_10
 
 

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[dev,joblib,search]'
+.venv/bin/python -m pip install -q -e '.[dev,joblib,search,ray,server]'
 echo "installed into $(pwd)/.venv"

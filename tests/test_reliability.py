@@ -21,14 +21,16 @@ pytestmark = pytest.mark.slow
 SMALL = ("cycles=1", "queries_per_cycle=10", "query_cost_sample=0", "show_progress=false")
 
 
-def _cli(tmp: Path, *overrides: str, log: str | None = None) -> subprocess.Popen:
+def _cli(tmp: Path, *overrides: str, log: str | None = None,
+         uri: str | None = None) -> subprocess.Popen:
+    """The CLI in a subprocess, small, logging to `uri` (default: a SQLite store in `tmp`)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = open(tmp / (log or "out.log"), "w")  # noqa: SIM115 - closed by the caller's wait
     flags = [o for o in overrides if o.startswith("-")]  # argparse wants them first
     overrides = tuple(o for o in overrides if not o.startswith("-"))
     return subprocess.Popen([sys.executable, "-m", "chelation_harness.train", *flags, *SMALL,
                              f"cache_dir={os.environ['CHELATION_TEST_CACHE']}",
-                             f"tracking.uri=sqlite:///{tmp}/mlflow.db", *overrides],
+                             f"tracking.uri={uri or f'sqlite:///{tmp}/mlflow.db'}", *overrides],
                             cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -1,0 +1,215 @@
+"""Loading a study's finished runs from MLflow into frames (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from chelation.identity import NOT_IDENTITY
+from chelation.kinds import MODES, Mode
+from chelation.tracking import PER_QUERY_FILE, Tag
+
+log = logging.getLogger(__name__)
+
+PER_QUERY_ARTIFACT = PER_QUERY_FILE
+MODE_ORDER = MODES
+# Columns lifted from tags (falling back to params) into short names, with their param fallback.
+_SHORT_COLUMNS = {
+    Tag.MODE: "training.mode",
+    Tag.TEACHER: "teacher.name",
+    Tag.STUDENT: "student.model",
+    Tag.DATASET: "dataset.name",
+    Tag.PROTOCOL: "protocol",
+    Tag.SEED: "seed",
+    Tag.SCHEDULE: "weight.schedule",
+    Tag.PROJECTION: "teacher.projection",
+    Tag.GROUP_HASH: None,
+    Tag.CONFIG_HASH: None,
+    Tag.CONFIG_LABEL: None,
+    Tag.FALLBACK: None,
+    Tag.INDEX_TEACHER_WEIGHT: None,
+}
+_PER_QUERY_META = ("group_hash", "config_label", "mode", "teacher", "student", "dataset",
+                   "protocol", "seed", "index_weight")
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders (MLflow)
+# --------------------------------------------------------------------------------------------
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    from chelation.tracking import with_busy_timeout
+
+    return MlflowClient(with_busy_timeout(tracking_uri))
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Finished job runs of one experiment, one row per run (see the module docstring)."""
+    from mlflow.entities import ViewType
+
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(f"experiment {experiment!r} does not exist in {tracking_uri}")
+    query = "attributes.status = 'FINISHED' and tags.`chelation.role` = 'job'"
+    rows: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = client.search_runs([found.experiment_id], filter_string=query,
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                  page_token=token)
+        for run in page:
+            row: dict[str, Any] = {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
+                "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+            }
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return _with_short_columns(pd.DataFrame(rows))
+
+
+def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
+    short = pd.DataFrame(index=raw.index)
+    for name, param in _SHORT_COLUMNS.items():
+        col = raw.get(f"tags.{name}")
+        if param is not None and f"params.{param}" in raw:
+            col = raw[f"params.{param}"] if col is None else col.fillna(raw[f"params.{param}"])
+        short[str(name)] = col if col is not None else pd.Series(np.nan, index=raw.index,
+                                                            dtype=object)
+    short["seed"] = pd.to_numeric(short["seed"], errors="coerce").astype("Int64")
+    short["weight"] = pd.to_numeric(raw.get("params.weight.value",
+                                            pd.Series(np.nan, index=raw.index)), errors="coerce")
+    # the teacher's share of the indexed documents; runs from before index documents had 0
+    short["index_weight"] = pd.to_numeric(short.pop("index_teacher_weight"),
+                                          errors="coerce").fillna(0.0)
+    front = [c for c in ("run_id", "run_name", "status", "start_time", "parent_run_id")
+             if c in raw]
+    rest = sorted(c for c in raw.columns if c not in front)
+    out = pd.concat([raw[front], short, raw[rest]], axis=1)
+    if out.empty:
+        return out
+    out["config_label"] = disambiguated_labels(out)
+    return out.sort_values(["mode", "config_label", "seed"], na_position="last",
+                           ignore_index=True)
+
+
+# Params that never tell configurations apart (bookkeeping, or covered by the label already).
+_LABEL_IGNORES = (*NOT_IDENTITY, "seed", "dataset.path")
+
+
+def disambiguated_labels(runs: pd.DataFrame) -> pd.Series:
+    """`config_label`, extended where configurations (group_hash) share a label: each gets the
+    params in which they differ, e.g. `offline/mpnet/procrustes [training.lr=0.003]`. Params a
+    run lacks (logged before the key existed) count as their value in the other runs only when
+    no run sets them otherwise."""
+    labels = runs["config_label"].astype(object).copy()
+    params = [c for c in runs.columns if c.startswith("params.")
+              and not c.removeprefix("params.").startswith(_LABEL_IGNORES)]
+    for label, same in runs.groupby("config_label", dropna=True):
+        groups = same.drop_duplicates("group_hash")
+        if len(groups) < 2:
+            continue
+        varying = [c for c in params if groups[c].dropna().nunique() > 1]
+        for _, g in groups.iterrows():
+            extra = ", ".join(f"{c.removeprefix('params.')}={g[c]}" for c in varying
+                              if pd.notna(g[c]))
+            if extra:
+                labels[runs["group_hash"] == g["group_hash"]] = f"{label} [{extra}]"
+    return labels
+
+
+def label_legend(runs: pd.DataFrame) -> pd.DataFrame:
+    """A short label per configuration (`<mode>-<n>`, numbered within its mode in label order)
+    with its full label and its values of the params that matter to its mode and vary within it
+    or set it apart from the study's most common value: what figures and reports print, and the
+    table that says what each short label means.
+    Columns: group_hash, short_label, config_label, differs."""
+    if runs.empty:
+        return pd.DataFrame(columns=["group_hash", "short_label", "config_label", "differs"])
+    groups = runs.drop_duplicates("group_hash").copy()
+    params = [c for c in runs.columns if c.startswith("params.")
+              and not c.removeprefix("params.").startswith((*_LABEL_IGNORES, "training.mode"))]
+    varying = [c for c in params if groups[c].dropna().astype(str).nunique() > 1]
+    common = {c: groups[c].dropna().astype(str).mode().iloc[0] for c in varying}
+    within_mode = {(m, c) for m, same in groups.groupby("mode") for c in varying
+                   if same[c].dropna().astype(str).nunique() > 1}
+    rank = {m: i for i, m in enumerate(MODE_ORDER)}
+    groups["_rank"] = groups["mode"].map(rank).fillna(len(rank))
+    groups = groups.sort_values(["_rank", "config_label"], kind="stable")
+    rows, counts = [], {}
+    for _, g in groups.iterrows():
+        mode = g["mode"] if pd.notna(g["mode"]) else "run"
+        ignored = Mode(mode).ignored_keys if mode in MODE_ORDER else ()
+        counts[mode] = counts.get(mode, 0) + 1
+        shown = [c for c in varying if pd.notna(g[c])
+                 and not c.removeprefix("params.").startswith(ignored)
+                 and ((g["mode"], c) in within_mode or str(g[c]) != common[c])]
+        differs = ", ".join(f"{c.removeprefix('params.')}={g[c]}" for c in shown)
+        rows.append({"group_hash": g["group_hash"], "short_label": f"{mode}-{counts[mode]}",
+                     "config_label": g["config_label"], "differs": differs})
+    return pd.DataFrame(rows)
+
+
+def run_summary(runs: pd.DataFrame, metrics: Sequence[str] = ("ndcg_at_10", "val_ndcg_at_10")
+                ) -> pd.DataFrame:
+    """Seeds and mean final metrics per configuration (metrics the study lacks are left out)."""
+    present = [m for m in metrics if f"metrics.{m}" in runs]
+    aggs = {"seeds": ("seed", "nunique"),
+            **{m: (f"metrics.{m}", "mean") for m in present}}
+    return runs.groupby(["mode", "config_label"], dropna=False).agg(**aggs)
+
+
+def metric_history(tracking_uri: str, run_ids: Iterable[str], metric: str) -> pd.DataFrame:
+    """Every step of one metric for some runs: columns run_id, step, value (the last value
+    logged at each step wins)."""
+    client = _client(tracking_uri)
+    rows = [(run_id, m.step, m.value, m.timestamp)
+            for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "value", "timestamp"])
+    frame = frame.sort_values(["run_id", "step", "timestamp"])
+    frame = frame.drop_duplicates(["run_id", "step"], keep="last")
+    return frame.drop(columns="timestamp").reset_index(drop=True)
+
+
+def per_query_table(tracking_uri: str, run_id: str) -> pd.DataFrame:
+    """A run's per-query artifact: columns run_id, cycle, query_id (str), ndcg_at_10."""
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, PER_QUERY_ARTIFACT, tmp)
+        table = pd.read_csv(path, dtype={"query_id": str})
+    table.insert(0, "run_id", run_id)
+    return table
+
+
+def load_per_query(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-query tables of all `runs`, with each run's configuration columns joined on. A run
+    without the artifact is skipped with a warning."""
+    parts = []
+    for run_id in runs["run_id"]:
+        try:
+            parts.append(per_query_table(tracking_uri, run_id))
+        except Exception as err:  # noqa: BLE001 - one missing artifact must not sink the study
+            log.warning("run %s has no readable %s (%s); skipped", run_id, PER_QUERY_ARTIFACT,
+                        err)
+    if not parts:
+        return pd.DataFrame(columns=["run_id", "cycle", "query_id", "ndcg_at_10",
+                                     *_PER_QUERY_META])
+    meta = runs[["run_id", *[c for c in _PER_QUERY_META if c in runs]]]
+    return pd.concat(parts, ignore_index=True).merge(meta, on="run_id", how="left")
+
+

@@ -1,0 +1,21 @@
+"""Retrieval datasets: BEIR folders, MTEB tasks, a synthetic collection, and query splits."""
+
+from chelation.data.beir import load_beir
+from chelation.data.dataset import DatasetError, RetrievalDataset, with_train_queries
+from chelation.data.mteb_loader import load_mteb
+from chelation.data.splits import kfold_queries, split_queries, validation_slice
+from chelation.data.synthetic import SYNTHETIC_VARIANTS, make_synthetic, make_synthetic_variant
+
+__all__ = [
+    "DatasetError",
+    "RetrievalDataset",
+    "kfold_queries",
+    "load_beir",
+    "load_mteb",
+    "make_synthetic",
+    "make_synthetic_variant",
+    "SYNTHETIC_VARIANTS",
+    "split_queries",
+    "validation_slice",
+    "with_train_queries",
+]

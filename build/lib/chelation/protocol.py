@@ -1,0 +1,298 @@
+"""One job of the seed protocol: cycle 0 evaluates the untrained adapter, then each cycle runs
+train queries, sediments and evaluates the test queries. Under `protocol=kfold` each fold trains
+its own adapter on the other folds' queries, and every cycle's figures cover all judged queries,
+each scored by a model that never trained on it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from chelation.adapter import prepare_optimiser
+from chelation.data import (
+    RetrievalDataset,
+    kfold_queries,
+    split_queries,
+    validation_slice,
+)
+from chelation.documents import DocumentChoice, document_vectors
+from chelation.encoders import CachedEncoder
+from chelation.kinds import Mode, Protocol
+from chelation.metrics import mean_and_std
+from chelation.query_cost import QueryCost, measure_query_cost
+from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
+from chelation.schedules import teacher_weight_at
+from chelation.settings import RunSettings
+from chelation.teacher import Teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleRecord:
+    """What one cycle logs: figures over all test queries (all folds together)."""
+
+    cycle: int
+    ndcg_at_10: float
+    ndcg_at_10_std: float
+    recall_at_100: float
+    val_ndcg_at_10: float
+    per_query: dict[str, float]
+    query_time_s: float = 0.0
+    sediment_time_s: float = 0.0
+    index_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    train_loss: float = float("nan")
+    n_targets: int = 0
+    n_chelated: int = 0
+    teacher_weight: float = float("nan")
+    teacher_alignment: float = float("nan")
+    rollback: int = 0
+    fallback: str = "none"
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar metrics, by name, for a tracker."""
+        skip = {"cycle", "per_query", "fallback"}
+        return {k: float(v) for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class JobResult:
+    cycles: list[CycleRecord] = field(default_factory=list)
+    encode_time_s: float = 0.0
+    teacher_encode_time_s: float = 0.0
+    setup_time_s: float = 0.0
+    distill_time_s: float = 0.0
+    distill_rollbacks: int = 0
+    total_time_s: float = 0.0
+    n_encoded: int = 0
+    n_cached: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+    adapter_states: list[dict] = field(default_factory=list)
+    query_cost: QueryCost | None = None
+
+    @property
+    def fallback(self) -> str:
+        real = sorted(set(self.fallbacks) - {"none"})
+        return ",".join(real) if real else "none"
+
+
+@dataclass
+class Fold:
+    fit: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def make_folds(query_ids: list[str], settings: RunSettings,
+               train_query_ids: Sequence[str] = ()) -> list[Fold]:
+    """The (fit, validation, test) query sets of each fold. `split` and `kfold` divide the judged
+    `query_ids`; `official` trains on the dataset's own `train_query_ids` (a validation slice of
+    them judges the guard and model selection) and tests on every one of `query_ids`."""
+    if settings.protocol == Protocol.OFFICIAL:
+        if not train_query_ids:
+            raise ValueError("protocol=official needs a dataset with its own train queries "
+                             "(set dataset.train_split, e.g. train for SciFact)")
+        pairs = [(list(train_query_ids), list(query_ids))]
+    elif settings.protocol == Protocol.KFOLD:
+        pairs = kfold_queries(query_ids, settings.folds, settings.seed)
+    else:
+        pairs = [split_queries(query_ids, settings.test_fraction, settings.seed)]
+    folds = []
+    for train, test in pairs:
+        fit, val = (validation_slice(train, settings.validation_fraction, settings.seed)
+                    if settings.validation_fraction > 0 else (list(train), []))
+        folds.append(Fold(fit, val, list(test)))
+    return folds
+
+
+def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> EncodedDataset:
+    docs = encoder.encode([dataset.corpus[d] for d in dataset.doc_ids], desc="corpus")
+    qids = dataset.all_query_ids
+    queries = encoder.encode([dataset.queries[q] for q in qids], desc="queries")
+    return EncodedDataset(dataset, docs, dict(zip(qids, queries, strict=True)))
+
+
+def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher | None:
+    if not settings.needs_teacher:
+        return None
+    encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
+                            batch_size=settings.teacher.batch_size, show_progress=show_progress,
+                            precision=settings.teacher.precision)
+    return Teacher(encoder, settings.teacher.projection)
+
+
+def run_job(
+    dataset: RetrievalDataset,
+    settings: RunSettings,
+    on_cycle: Callable[[CycleRecord], None] | None = None,
+    show_progress: bool = True,
+) -> JobResult:
+    """Run the whole protocol for one configuration and seed. `on_cycle` gets each cycle's record
+    as soon as it is complete (so a tracker logs it even if a later cycle fails)."""
+    started = time.perf_counter()
+    student = CachedEncoder(settings.student.model, settings.cache_dir,
+                            batch_size=settings.student.batch_size,
+                            max_seq_length=settings.student.max_seq_length,
+                            show_progress=show_progress, precision=settings.student.precision)
+    encoded = encode_dataset(dataset, student)
+    teacher = build_teacher(settings, show_progress)
+    result = run_encoded(encoded, settings, teacher, student, on_cycle, show_progress)
+    if teacher is not None:
+        result.n_encoded += teacher.encoder.n_encoded
+        result.teacher_encode_time_s = teacher.encoder.encode_seconds
+        result.encode_time_s += teacher.encoder.encode_seconds
+    result.encode_time_s += student.encode_seconds
+    result.n_encoded += student.n_encoded
+    result.n_cached = student.n_cached
+    result.total_time_s = time.perf_counter() - started
+    return result
+
+
+def run_encoded(
+    encoded: EncodedDataset,
+    settings: RunSettings,
+    teacher: Teacher | None = None,
+    student: CachedEncoder | None = None,
+    on_cycle: Callable[[CycleRecord], None] | None = None,
+    show_progress: bool = True,
+) -> JobResult:
+    """The protocol on embeddings already in hand (a job's own, or vectors a benchmark made).
+    Query cost is measured when the `student` that encoded the queries is given."""
+    started = time.perf_counter()
+    result = JobResult()
+    dataset = encoded.dataset
+    folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
+    fold_data = _fold_documents(encoded, folds, settings, teacher)
+    result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != "none")
+    retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
+                                    f.val, fold=i)
+                  for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
+    if settings.training.trains:
+        prepare_optimiser()
+    result.setup_time_s = time.perf_counter() - started
+
+    try:
+        first = _cycle_zero(retrievers, folds)
+        _record(result, on_cycle, first)
+        if Mode(settings.training.mode).distils_first:
+            t0 = time.perf_counter()
+            for r, f in zip(retrievers, folds, strict=True):
+                # the validation slice stays unseen: it must judge generalisation to new queries
+                outcome = r.distill(f.fit if settings.training.distill_queries else [])
+                result.fallbacks.append(outcome.fallback)
+                result.distill_rollbacks += int(outcome.rollback)
+            result.distill_time_s = time.perf_counter() - t0
+        rng = np.random.default_rng(settings.seed)
+        bar = tqdm(range(1, settings.cycles + 1), desc=f"{settings.training.mode} cycles",
+                   disable=not show_progress)
+        for cycle in bar:
+            weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
+                                       *settings.weight.endpoints())
+            if not settings.training.trains:
+                # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
+                # (a flat line to read the other arms against), not searched again
+                record = replace(first, cycle=cycle, eval_time_s=0.0)
+            else:
+                record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
+            result.fallbacks.append(record.fallback)
+            bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
+            _record(result, on_cycle, record)
+        if settings.query_cost_sample and student is not None:
+            sample = folds[0].test[:settings.query_cost_sample]
+            result.query_cost = measure_query_cost(
+                student, retrievers[0].adapter, retrievers[0].index,
+                [dataset.queries[q] for q in sample], encoded.query_matrix(sample), EVAL_DEPTH)
+    finally:
+        result.adapter_states = [r.adapter.state_dict() for r in retrievers]
+        for r in retrievers:
+            r.close()
+    result.total_time_s = time.perf_counter() - started
+    return result
+
+
+def _fold_documents(encoded: EncodedDataset, folds: list[Fold], settings: RunSettings,
+                    teacher: Teacher | None) -> list[DocumentChoice]:
+    """Each fold's index documents. Without `index.fit_queries` every fold shares one choice;
+    with it, each fold's projection also sees that fold's training queries (never its test or
+    validation queries)."""
+    dataset = encoded.dataset
+    corpus_texts = [dataset.corpus[d] for d in dataset.doc_ids]
+    shared: DocumentChoice | None = None
+    choices = []
+    for fold in folds:
+        if settings.index.fit_queries:
+            choice = document_vectors(encoded.student_docs, settings.index, teacher, corpus_texts,
+                                      [dataset.queries[q] for q in fold.fit],
+                                      encoded.query_matrix(fold.fit))
+        else:
+            shared = shared or document_vectors(encoded.student_docs, settings.index, teacher,
+                                                corpus_texts)
+            choice = shared
+        choices.append(choice)
+    return choices
+
+
+def _record(result: JobResult, on_cycle, record: CycleRecord) -> None:
+    result.cycles.append(record)
+    log.info("cycle %d: NDCG@10 %.4f (val %.4f) targets %d loss %.3g rollback %d fallback %s",
+             record.cycle, record.ndcg_at_10, record.val_ndcg_at_10, record.n_targets,
+             record.train_loss, record.rollback, record.fallback)
+    if on_cycle is not None:
+        on_cycle(record)
+
+
+def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
+    per_query: dict[str, float] = {}
+    recalls: list[float] = []
+    vals: list[float] = []
+    for r, f in zip(retrievers, folds, strict=True):
+        ev = r.evaluate(f.test)
+        per_query.update(ev.per_query)
+        recalls.extend([ev.recall_at_100] * len(f.test))
+        record.eval_time_s += ev.seconds
+        if f.val:
+            vals.append(r.validation_ndcg())
+    record.per_query = per_query
+    record.ndcg_at_10, record.ndcg_at_10_std = mean_and_std(list(per_query.values()))
+    record.recall_at_100 = float(np.mean(recalls)) if recalls else float("nan")
+    record.val_ndcg_at_10 = float(np.mean(vals)) if vals else float("nan")
+    return record
+
+
+def _cycle_zero(retrievers, folds) -> CycleRecord:
+    return _evaluate_folds(retrievers, folds, CycleRecord(0, 0.0, 0.0, 0.0, float("nan"), {}))
+
+
+def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSettings,
+                 rng: np.random.Generator) -> CycleRecord:
+    record = CycleRecord(cycle, 0.0, 0.0, 0.0, float("nan"), {})
+    outcomes: list[SedimentResult] = []
+    for r, f in zip(retrievers, folds, strict=True):
+        take = min(settings.queries_per_cycle, len(f.fit))
+        batch = list(rng.choice(f.fit, size=take, replace=False)) if take else []
+        phase = r.run_queries(batch)
+        record.query_time_s += phase.seconds
+        record.n_chelated += phase.n_chelated
+        outcome = r.sediment(weight)
+        record.sediment_time_s += outcome.seconds
+        record.index_time_s += outcome.index_seconds
+        outcomes.append(outcome)
+    record.n_targets = sum(o.n_targets for o in outcomes)
+    record.rollback = sum(o.rollback for o in outcomes)
+    record.teacher_weight = outcomes[0].teacher_weight if outcomes else float("nan")
+    record.train_loss = _nanmean([o.train_loss for o in outcomes])
+    record.teacher_alignment = _nanmean([o.teacher_alignment for o in outcomes])
+    fallbacks = sorted({o.fallback for o in outcomes} - {"none"})
+    record.fallback = ",".join(fallbacks) if fallbacks else "none"
+    return _evaluate_folds(retrievers, folds, record)
+
+
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")

@@ -1,0 +1,159 @@
+"""Hydra callback that brackets a multirun with one MLflow parent run.
+
+It runs once, in the launching process, before any job starts: it creates the store and the
+experiment there (so parallel jobs never race on SQLite schema migration or experiment creation),
+and leaves the parent's run id in the sweep folder for the jobs to nest under."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, RunTag
+from omegaconf import DictConfig
+
+from chelation import tracking
+from chelation.identity import NOT_IDENTITY, identity
+from chelation.run_owner import Heartbeat
+
+if TYPE_CHECKING:
+    from chelation.analysis.sweep import SweepSummary
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+class MlflowSweepCallback(Callback):
+    # the open sweep lives in the module, not on the callback: joblib pickles the callback into
+    # its workers, and a heartbeat's thread cannot be pickled
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.get("enabled", True):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri, experiment = config.tracking.uri, config.tracking.experiment
+        experiment_id = tracking.prepare_store(uri, experiment)
+        if retired := tracking.retire_stale_runs(tracking.client(uri), experiment_id):
+            log.info("marked %d runs left by killed processes as KILLED", retired)
+        overrides = " ".join(config.hydra.overrides.task)
+        name = sweep_name(config.hydra.overrides.task)
+        run_id = tracking.start_parent_run(uri, experiment_id, name,
+                                           {"sweep_dir": str(sweep_dir), "overrides": overrides})
+        (sweep_dir / PARENT_FILE).write_text(run_id)
+        _open_sweep.update(uri=uri, run_id=run_id, experiment_id=experiment_id,
+                           heartbeat=Heartbeat(tracking.client(uri), run_id))
+        # a sweep stopped by a signal or an error never reaches on_multirun_end
+        atexit.register(_end_sweep, "KILLED")
+        log.info("MLflow parent run %s (%r) in experiment %r (%s)", run_id, name, experiment, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        table = sweep_table(config.hydra.sweep.dir)
+        summary, browse = None, ""
+        if _open_sweep:
+            browse = (f"to browse: mlflow ui --backend-store-uri {_open_sweep['uri']}, then open "
+                      f"{tracking.ui_link(_open_sweep['experiment_id'])}")
+            try:  # the parent run carries the sweep's table and its answer
+                summary = log_sweep_summary(_open_sweep["uri"], config.tracking.experiment,
+                                            _open_sweep["run_id"], config.hydra.sweep.dir, table)
+            except Exception as err:  # noqa: BLE001 - the table is also on the console
+                log.error("could not log the sweep's summary to MLflow: %s", err)
+        _end_sweep("FINISHED")
+        if table:
+            log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+        if summary is not None:
+            log.info("%s", summary.line())
+        if browse:
+            log.info("%s", browse)
+
+
+def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,
+                      table: str) -> SweepSummary:
+    """Log on the parent run the table of the sweep's jobs (`sweep_table.txt`) and its summary
+    (`chelation.analysis.sweep`): the configuration chosen on validation as tags, its test
+    NDCG@10 and interval as metrics."""
+    from chelation.analysis.sweep import sweep_summary  # scipy: only once the sweep is over
+
+    # a progress bar per downloaded per-query table would bury the summary on the console
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = tracking.client(uri)
+    if table:
+        client.log_text(run_id, table, "sweep_table.txt")
+    summary = sweep_summary(uri, experiment, run_id, sweep_config_hashes(sweep_dir))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.metrics.items()],
+                     tags=[RunTag(k, v) for k, v in summary.tags.items()])
+    return summary
+
+
+def sweep_config_hashes(sweep_dir: str | Path) -> set[str]:
+    """The config hashes of the sweep's jobs, those skipped as already done included (each job
+    folder keeps its resolved config.yaml)."""
+    return {identity(yaml.safe_load(path.read_text()))[0]
+            for path in Path(sweep_dir).glob("*/config.yaml")}
+
+
+def sweep_name(overrides) -> str:
+    """The parent run's name: the preset when the sweep is one, else its overrides, less those
+    that change nothing a job computes (where results go, progress bars); the `overrides` tag
+    keeps them all."""
+    overrides = list(overrides)
+    presets = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
+    if presets:
+        return f"sweep {presets[0]}"
+    telling = [o for o in overrides if not o.lstrip("+~").startswith(NOT_IDENTITY + ("hydra",))]
+    return f"sweep {' '.join(telling or overrides)}"[:250]
+
+
+def sweep_table(sweep_dir: str | Path) -> str:
+    """One line per job that ran in the sweep: configuration, seed, final NDCG@10, its change
+    from cycle 0, the updates the guard rolled back and any fallback, best first, and what the
+    columns mean (jobs skipped as already done wrote no results here)."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+        result = json.loads(path.read_text())
+        config = yaml.safe_load((path.parent / "config.yaml").read_text())
+        cycles = result.get("cycles") or []
+        final = result.get("final_ndcg_at_10")
+        if not cycles or final is None:
+            continue
+        first = cycles[0].get("ndcg_at_10") or float("nan")
+        rollbacks = sum(c.get("rollback") or 0 for c in cycles) + \
+            (result.get("distill_rollback") or 0)
+        rows.append((result["config_label"], config.get("seed"), final, final - first,
+                     int(rollbacks), result.get("fallback", "none")))
+    if not rows:
+        return ""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'configuration':<{width}}  seed  NDCG@10  vs cycle 0  rollbacks  fallback"]
+    lines += [f"{label:<{width}}  {seed!s:>4}  {final:.4f}   {change:+.4f}  {rolled:>9}  {fallback}"
+              for label, seed, final, change, rolled, fallback
+              in sorted(rows, key=lambda r: (-r[2], r[0]))]
+    lines += ["NDCG@10: test queries after the last cycle; vs cycle 0: what training changed "
+              "(cycle 0 is the same job before any update); rollbacks: updates the collapse "
+              "guard undid because validation NDCG@10 fell; frozen rows are the untrained control."]
+    return "\n".join(lines)
+
+
+_open_sweep: dict[str, Any] = {}
+
+
+def _end_sweep(status: str) -> None:
+    if not _open_sweep:
+        return
+    sweep = dict(_open_sweep)
+    _open_sweep.clear()
+    sweep["heartbeat"].stop()
+    tracking.end_run(sweep["uri"], sweep["run_id"], status)
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.exists() else None

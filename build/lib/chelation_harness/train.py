@@ -1,0 +1,60 @@
+"""Train and evaluate one configuration (or a sweep with -m), logging every cycle to MLflow.
+
+    python -m chelation_harness.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
+    python -m chelation_harness.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from chelation.job import run_tracked_job
+from chelation.settings import JobConfig, SettingsError
+from chelation_harness.callbacks import parent_run_id
+from chelation_harness.schema import register
+
+register()
+# An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
+CONF = str(Path(__file__).resolve().parent / "conf")
+
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """One job; returns its final validation NDCG@10 (what a sweeper may optimise; never test)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    summary = run_tracked_job(job_config(cfg), hydra_cfg.runtime.output_dir,
+                              parent_run_id(hydra_cfg.sweep.dir) if multirun else None)
+    return summary.final_val_ndcg_at_10
+
+
+def job_config(cfg: DictConfig) -> JobConfig:
+    """The typed, range-checked job config; a bad value or a key the schema lacks raises naming
+    it."""
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
+                           OmegaConf.to_container(OmegaConf.structured(JobConfig)))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}: the schema (JobConfig in "
+                            "chelation/settings.py) has no such key; check the spelling "
+                            "(a key added with '+' is checked like any other)")
+    return OmegaConf.to_object(cfg)
+
+
+def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys in `given` that `schema` does not have."""
+    out = []
+    for key, value in given.items():
+        if key not in schema:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(schema[key], dict):
+            out.extend(unknown_keys(value, schema[key], f"{prefix}{key}."))
+    return out
+
+
+if __name__ == "__main__":
+    main()
