@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from chelation.adapter import prepare_optimiser
 from chelation.data import (
@@ -191,18 +192,9 @@ def run_encoded(
         rng = np.random.default_rng(settings.seed)
         bar = tqdm(range(1, settings.cycles + 1), desc=f"{settings.training.mode} cycles",
                    disable=not show_progress)
-        for cycle in bar:
-            weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
-                                       *settings.weight.endpoints())
-            if not settings.training.trains:
-                # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
-                # (a flat line to read the other arms against), not searched again
-                record = replace(first, cycle=cycle, eval_time_s=0.0)
-            else:
-                record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
-            result.fallbacks.append(record.fallback)
-            bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
-            _record(result, on_cycle, record)
+        # log lines print above the bar instead of through it
+        with logging_redirect_tqdm():
+            _run_cycles(bar, first, retrievers, folds, settings, rng, result, on_cycle)
         if settings.query_cost_sample and student is not None:
             sample = folds[0].test[:settings.query_cost_sample]
             result.query_cost = measure_query_cost(
@@ -267,6 +259,23 @@ def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
 
 def _cycle_zero(retrievers, folds) -> CycleRecord:
     return _evaluate_folds(retrievers, folds, CycleRecord(0, 0.0, 0.0, 0.0, float("nan"), {}))
+
+
+def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSettings,
+                rng: np.random.Generator, result: JobResult,
+                on_cycle: Callable[[CycleRecord], None] | None) -> None:
+    for cycle in bar:
+        weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
+                                   *settings.weight.endpoints())
+        if not settings.training.trains:
+            # nothing is trained, so every cycle scores what cycle 0 scored: logged as such
+            # (a flat line to read the other arms against), not searched again
+            record = replace(first, cycle=cycle, eval_time_s=0.0)
+        else:
+            record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
+        result.fallbacks.append(record.fallback)
+        bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
+        _record(result, on_cycle, record)
 
 
 def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSettings,
