@@ -1,1 +1,0 @@
-"""Hydra sweeper `hydra/sweeper=chelation_optuna`: Optuna's TPE through ask-and-tell."""
