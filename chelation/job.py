@@ -164,8 +164,8 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
     target = config.tracking
     experiment_id = tracking.prepare_store(target.uri, target.experiment)  # fails naming it
     client = tracking.client(target.uri)
-    if parent_run_id is None and (retired := tracking.retire_stale_runs(client, experiment_id)):
-        log.info("marked %d runs left by killed processes as KILLED", retired)
+    if parent_run_id is None:  # a sweep's callback retires them once for all its jobs
+        tracking.retire_stale_runs(client, experiment_id)
     name = f"{summary.config_label} seed {config.seed}"
     done = tracking.find_finished_run(client, experiment_id, summary.config_hash) \
         if target.resume else None

@@ -53,6 +53,9 @@ class Tag(StrEnum):
     CONFIG_LABEL = "config_label"
     FALLBACK = "fallback"
     GIT_COMMIT = "git_commit"
+
+
+SWEEP_DIR_TAG = "sweep_dir"  # on a sweep's parent run: the folder its jobs write into
 # MLflow 3.17's UI shows GenAI or training views by its own switch (the URL's workflowType, else
 # the browser's last choice, GenAI at first), whatever the experiment's kind; sorted by a metric,
 # the runs list shows every job instead of folding them under their sweep's run.
@@ -157,7 +160,7 @@ def find_open_sweep(client: MlflowClient, experiment_id: str, sweep_dir: str) ->
     worker without the sweep folder's files finds the run to nest under."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.sweep_dir = '{sweep_dir}' "
+        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.{SWEEP_DIR_TAG} = '{sweep_dir}' "
                       "and attributes.status = 'RUNNING'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
@@ -284,4 +287,6 @@ def retire_stale_runs(client: MlflowClient, experiment_id: str) -> int:
         if not alive:
             client.set_terminated(run.info.run_id, "KILLED")
             retired += 1
+    if retired:
+        log.info("marked %d runs left by killed processes as KILLED", retired)
     return retired

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +42,12 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, experiment = config.tracking.uri, config.tracking.experiment
         experiment_id = tracking.prepare_store(uri, experiment)
-        if retired := tracking.retire_stale_runs(tracking.client(uri), experiment_id):
-            log.info("marked %d runs left by killed processes as KILLED", retired)
+        tracking.retire_stale_runs(tracking.client(uri), experiment_id)
         overrides = " ".join(config.hydra.overrides.task)
         name = sweep_name(config.hydra.overrides.task)
         run_id = tracking.start_parent_run(uri, experiment_id, name,
-                                           {"sweep_dir": str(sweep_dir), "overrides": overrides})
+                                           {tracking.SWEEP_DIR_TAG: str(sweep_dir),
+                                            "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
         _open_sweep.update(uri=uri, run_id=run_id, experiment_id=experiment_id,
                            heartbeat=Heartbeat(tracking.client(uri), run_id))
@@ -58,17 +57,18 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
-        summary, browse = None, ""
-        if _open_sweep:
-            browse = (f"to browse: mlflow ui --backend-store-uri {_open_sweep['uri']}, then open "
-                      f"{tracking.ui_link(_open_sweep['experiment_id'])}")
+        summary, browse, sweep = None, "", dict(_open_sweep)
+        if sweep:
+            browse = (f"to browse: mlflow ui --backend-store-uri {sweep['uri']}, then open "
+                      f"{tracking.ui_link(sweep['experiment_id'])}")
             try:  # the parent run carries the sweep's table and its answer
-                summary = log_sweep_summary(_open_sweep["uri"], config.tracking.experiment,
-                                            _open_sweep["run_id"], config.hydra.sweep.dir, table)
+                summary = log_sweep_summary(sweep["uri"], config.tracking.experiment,
+                                            sweep["run_id"], config.hydra.sweep.dir, table)
             except Exception as err:  # noqa: BLE001 - the table is also on the console
                 log.error("could not log the sweep's summary to MLflow: %s", err)
         _end_sweep("FINISHED")
-        _retire_killed_jobs(config.tracking)
+        if sweep:
+            _retire_killed_jobs(sweep["uri"], sweep["experiment_id"])
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
         if summary is not None:
@@ -157,15 +157,11 @@ def _end_sweep(status: str) -> None:
     tracking.end_run(sweep["uri"], sweep["run_id"], status)
 
 
-def _retire_killed_jobs(target: Mapping[str, Any]) -> None:
+def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
     """Jobs whose worker was killed mid-sweep (a Ray task retried elsewhere, say) are marked
     KILLED when the sweep ends, not only when the next one starts."""
-    if not target.get("enabled", True):
-        return
     try:
-        experiment_id = tracking.prepare_store(target["uri"], target["experiment"])
-        if retired := tracking.retire_stale_runs(tracking.client(target["uri"]), experiment_id):
-            log.info("marked %d runs left by killed processes as KILLED", retired)
+        tracking.retire_stale_runs(tracking.client(uri), experiment_id)
     except Exception as err:  # noqa: BLE001 - the next sweep retires them as well
         log.error("could not retire the runs of killed jobs: %s", err)
 

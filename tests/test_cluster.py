@@ -48,18 +48,17 @@ def server() -> Iterator[str]:
     env = {**os.environ, "PYTHON": sys.executable}
     ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
                "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    saved = {k: os.environ.get(k) for k in ray_env}
-    os.environ.update(ray_env)
-    try:
-        started = subprocess.run(["bash", str(SERVER), "start", str(folder)], env=env,
-                                 capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stderr[-3000:]
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(SERVER), "stop", str(folder)], env=env, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ray_env.items():
+            patch.setenv(key, value)
+        try:
+            started = subprocess.run(["bash", str(SERVER), "start", str(folder)], env=env,
+                                     capture_output=True, text=True, timeout=180)
+            assert started.returncode == 0, started.stderr[-3000:]
+            yield started.stdout.strip().splitlines()[-1]
+        finally:
+            subprocess.run(["bash", str(SERVER), "stop", str(folder)], env=env, timeout=120)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _sweep(tmp: Path, uri: str, experiment: str, name: str,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from chelation.analysis.runs import load_per_query, load_runs
 from chelation.analysis.stats import compare_to_reference, select_on_validation
-from chelation.settings import Mode
+from chelation.kinds import Mode
 
 CHOSEN_TAG = "sweep_chosen_config"
 _VALIDATION = "val_ndcg_at_10"
