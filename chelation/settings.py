@@ -22,6 +22,8 @@ from chelation.kinds import (
 
 # a kind is a string in configs: its type in chelation.kinds says which strings are allowed
 DEFAULT_PRECISION = Precision.FLOAT32.value
+# the default student, spelled here only: configs, the model loader and the benchmarks ask it
+DEFAULT_STUDENT = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class SettingsError(ValueError):
@@ -41,7 +43,7 @@ def _require_kind(kind: type[StrEnum], key: str, value: object) -> None:
 class EncoderSettings:
     """A sentence-embedding model named by hub id or local path."""
 
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    model: str = DEFAULT_STUDENT
     batch_size: int = 64
     max_seq_length: int | None = None
     precision: str = DEFAULT_PRECISION  # bfloat16: CPU autocast (part of the cache key)
@@ -57,7 +59,7 @@ class TeacherSettings:
     """The teacher of offline and hybrid modes and how it is mapped into the student's frame."""
 
     name: str = "minilm"
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    model: str = DEFAULT_STUDENT  # the student's own model: a no-op teacher, a control
     batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
     projection: str = Projection.PROCRUSTES.value
     precision: str = DEFAULT_PRECISION

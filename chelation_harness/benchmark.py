@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 from chelation.kinds import MODES, Mode
+from chelation.settings import DEFAULT_STUDENT
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
-STUDENT = "sentence-transformers/all-MiniLM-L6-v2"
+STUDENT = DEFAULT_STUDENT
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 
 

@@ -14,10 +14,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from chelation import tracking
+from chelation.identity import as_mapping, flatten
 from chelation.kinds import MODES
-from chelation.settings import SettingsError
+from chelation.settings import DEFAULT_STUDENT, JobConfig, SettingsError
 from chelation_harness.schema import register
 from chelation_harness.train import job_config
 
@@ -38,13 +40,44 @@ def test_default_config_composes_into_valid_settings() -> None:
     assert settings.teacher.name == "minilm"
 
 
-@pytest.mark.parametrize("overrides", [["mode=hybrid", "teacher=mpnet", "weight=linear"],
-                                       ["+experiment=teacher_weight_sweep"],
-                                       ["mode=offline", "teacher.projection=truncate"],
-                                       ["protocol=kfold", "folds=3", "weight=cosine"]])
-def test_menu_choices_compose(overrides: list[str]) -> None:
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["mode=hybrid", "teacher=mpnet", "weight=linear"],
+     {"training.mode": "hybrid", "teacher.name": "mpnet",
+      "teacher.model": "sentence-transformers/all-mpnet-base-v2", "weight.schedule": "linear",
+      "weight.start": 1.0, "weight.end": 0.0}),
+    (["+experiment=teacher_weight_sweep"],
+     {"training.mode": "hybrid", "weight.schedule": "constant",
+      "tracking.experiment": "teacher_weight_sweep"}),
+    (["mode=offline", "teacher.projection=truncate"],
+     {"training.mode": "offline", "teacher.projection": "truncate", "teacher.name": "minilm",
+      "teacher.model": DEFAULT_STUDENT}),
+    (["protocol=kfold", "folds=3", "weight=cosine"],
+     {"protocol": "kfold", "folds": 3, "weight.schedule": "cosine", "training.mode": "baseline"}),
+    (["+experiment=first_run", "+arm=blended_index"],
+     {"training.mode": "frozen", "index.documents": "blend", "teacher.name": "mpnet",
+      "dataset.name": "synthetic_hard", "cycles": 3}),
+    (["+experiment=first_run", "+arm=hybrid"],
+     {"training.mode": "hybrid", "index.documents": "student"}),
+])
+def test_menu_choices_compose_to_what_they_name(overrides: list[str],
+                                                expected: dict[str, object]) -> None:
     settings = job_config(compose_with(*overrides))
     settings.validate()
+    composed = flatten(as_mapping(settings))
+    assert {key: composed[key] for key in expected} == expected
+
+
+def test_config_yaml_restates_the_schemas_defaults_exactly(monkeypatch) -> None:
+    """conf/config.yaml's own values (not its groups' options) are the schema's defaults: a
+    default changed in one place and not the other fails here, naming the key."""
+    for variable in ("CHELATION_CACHE", "MLFLOW_TRACKING_URI"):  # their fallbacks are compared
+        monkeypatch.delenv(variable, raising=False)
+    written = OmegaConf.load(CONF / "config.yaml")
+    del written["defaults"], written["hydra"]
+    yaml_values = flatten(OmegaConf.to_container(written, resolve=True))
+    schema = flatten(OmegaConf.to_container(OmegaConf.structured(JobConfig)))
+    assert set(yaml_values) <= set(schema), set(yaml_values) - set(schema)
+    assert {k: v for k, v in yaml_values.items() if schema[k] != v} == {}
 
 
 def test_unknown_mode_names_the_group_and_value() -> None:
