@@ -54,8 +54,12 @@ class Fallback(StrEnum):
 
     @staticmethod
     def degraded(recorded: str | None) -> bool:
-        """A finished job's record says it ran without a model it needed."""
-        return bool(recorded) and recorded not in (Fallback.NONE, Fallback.PENDING)
+        """A finished job's record says it ran without a model it needed (what resume runs
+        again once the model is back); other notes in the record do not count."""
+        return any(part.strip() in _WITHOUT_A_MODEL for part in (recorded or "").split(","))
+
+
+_WITHOUT_A_MODEL = frozenset({Fallback.BASELINE, Fallback.NO_UPDATE, Fallback.STUDENT_DOCUMENTS})
 
 
 class Precision(StrEnum):

@@ -41,6 +41,7 @@ def test_degraded_means_a_recorded_fallback() -> None:
     assert not Fallback.degraded(Fallback.NONE) and not Fallback.degraded(Fallback.PENDING)
     assert not Fallback.degraded(None)
     assert Fallback.degraded("baseline") and Fallback.degraded("baseline,no_update")
+    assert not Fallback.degraded("a note that names no missing model")
 
 
 def test_a_missing_model_fails_at_once_naming_where_it_looked(tmp_path: Path,
