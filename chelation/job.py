@@ -20,10 +20,12 @@ import yaml
 
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic_variant
+from chelation.engine import check_engine
 from chelation.identity import as_mapping, config_label, flatten, identity
-from chelation.kinds import DatasetKind
+from chelation.kinds import DatasetKind, Protocol
+from chelation.models import ModelUnavailable, locate_model
 from chelation.protocol import CycleRecord, JobResult, run_job
-from chelation.settings import DatasetSpec, JobConfig
+from chelation.settings import DatasetSpec, JobConfig, SettingsError
 from chelation.signals import signals_interrupt
 from chelation.tracking import PER_QUERY_FILE, Tag
 
@@ -44,6 +46,7 @@ class JobSummary:
     figures: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     skipped: bool = False
+    untracked: bool = False  # the store stopped answering: results only in the job's folder
 
     @property
     def final_ndcg_at_10(self) -> float | None:
@@ -64,7 +67,8 @@ class JobSummary:
         head = {"config_hash": self.config_hash, "group_hash": self.group_hash,
                 "config_label": self.config_label, "cycles": self.cycles}
         return {**head, **self.figures, "run_id": self.run_id,
-                **({"skipped": True} if self.skipped else {})}
+                **({"skipped": True} if self.skipped else {}),
+                **({"untracked": True} if self.untracked else {})}
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,16 +115,25 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     full_hash, group_hash = identity(as_dict)
     summary = JobSummary(full_hash, group_hash, config_label(config))
 
-    # the data are read and checked before any run exists: a rejected file leaves nothing behind
+    # the data and the models are checked before any run exists: a rejected file or a model
+    # that cannot be found leaves nothing behind
     dataset = load_dataset(config.dataset)
+    check_job(config, dataset)
     track = _StoreGuard(config.tracking.uri, output_dir)
     run: tracking.JobRun | None = None
     if config.tracking.enabled:
-        run = _open_run(config, as_dict, summary, parent_run_id)
-        if run is None:
+        try:
+            run = _open_run(config, as_dict, summary, parent_run_id)
+        except Exception as err:
+            if parent_run_id is None:  # a single job: the store is the user's to fix
+                raise
+            # mid-sweep the store was there when the sweep began: the job goes on without it
+            track.fail("open a run", err)
+        if run is None and not track.failed:
             return summary
-        track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
-              config.dataset.source)
+        if run is not None:
+            track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
+                  config.dataset.source)
 
     per_query_rows: list[tuple[int, str, float]] = []
 
@@ -151,10 +164,36 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, output_dir / ADAPTERS_FOLDER)
         track(run.finish, "FINISHED")
+    if track.failed:  # what the sweep's end lists and chelation-import brings back
+        summary.untracked, summary.run_id = True, None
+        _write_json(output_dir / RESULTS_FILE, summary.to_json())
     log.info("%s", job_summary(summary.config_label, config.seed, result,
                                time.perf_counter() - started, output_dir,
                                summary.run_id if not track.failed else None, config.tracking.uri))
     return summary
+
+
+def check_job(config: JobConfig, dataset: RetrievalDataset) -> None:
+    """What can fail a job for the user's settings is checked before its run exists: the
+    protocol against the data, the engine (EngineUnavailable naming its key) and the student
+    model (ModelUnavailable naming `student.model` and where it was looked for). A named
+    teacher that cannot be found is said here; the job then falls back, as it does for a
+    teacher that fails to load."""
+    if config.protocol == Protocol.OFFICIAL and not dataset.train_query_ids:
+        raise SettingsError("protocol=official needs a dataset with its own train queries "
+                            f"(dataset {dataset.name!r} has none: set dataset.train_split, "
+                            "e.g. train for SciFact, or protocol=split)")
+    check_engine(config.engine)
+    try:
+        locate_model(config.student.model)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"student.model={config.student.model!r}: {err}") from None
+    if config.needs_teacher:
+        try:
+            locate_model(config.teacher.model)
+        except ModelUnavailable as err:
+            log.warning("teacher.model=%r: %s; the job falls back without the teacher",
+                        config.teacher.model, " ".join(str(err).split()))
 
 
 def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary,
@@ -163,6 +202,9 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
     already has a finished run or a live sibling that started first."""
     target = config.tracking
     experiment_id = tracking.prepare_store(target.uri, target.experiment)  # fails naming it
+    store = tracking.sqlite_path(target.uri)
+    if store is not None and not store.exists():  # deleted since it was prepared
+        raise tracking.TrackingUnavailable(f"tracking.uri={target.uri!r}: {store} is gone")
     client = tracking.client(target.uri)
     if parent_run_id is None:  # a sweep's callback retires them once for all its jobs
         tracking.retire_stale_runs(client, experiment_id)
@@ -271,7 +313,12 @@ class _StoreGuard:
         try:
             fn(*args)
         except Exception as err:  # noqa: BLE001
-            self.failed = True
-            log.error("MLflow store %s stopped answering (%s: %s); the job goes on without it: "
-                      "its results are in %s (results.json, per_query_ndcg.csv, config.yaml, "
-                      "adapters/)", self.uri, getattr(fn, "__name__", fn), err, self.output_dir)
+            self.fail(getattr(fn, "__name__", str(fn)), err)
+
+    def fail(self, what: str, err: BaseException) -> None:
+        """Say once, on one line, that the job goes on untracked and where its results are."""
+        self.failed = True
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        log.error("MLflow store %s stopped answering (%s: %s); the job goes on untracked: its "
+                  "results are in %s (chelation-import %s brings them into a store)", self.uri,
+                  what, reason, self.output_dir, self.output_dir)

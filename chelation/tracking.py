@@ -248,7 +248,7 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
     """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
     config has finished meanwhile, nor if a run of it that started earlier is still running with
     a live owner, in this sweep or any other. Runs made before owners were recorded count as
-    live when they are siblings in this sweep. A run that loses deletes itself."""
+    live when they are siblings in this sweep. A run that loses ends KILLED and deletes itself."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status != 'KILLED'",
@@ -267,6 +267,8 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
                 rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
     mine = client.get_run(run_id).info
     if any(r[:2] < (mine.start_time, run_id) for r in rivals):
+        # ended before it is deleted: a lost claim leaves no RUNNING run, deleted or not
+        client.set_terminated(run_id, "KILLED")
         client.delete_run(run_id)
         return False
     return True
