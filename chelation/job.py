@@ -73,14 +73,15 @@ class JobSummary:
 
 @functools.lru_cache(maxsize=8)
 def _load(kind: str, name: str, path: str | None, split: str, task: str | None, seed: int,
-          train_split: str | None) -> RetrievalDataset:
+          train_split: str | None, strict: bool = False) -> RetrievalDataset:
     if kind == DatasetKind.SYNTHETIC:
         return make_synthetic_variant(name, seed)
     if kind == DatasetKind.BEIR:
         if task and not Path(path).expanduser().is_dir():
             log.info("no BEIR folder at %s: loading the MTEB task %s", path, task)
             return load_mteb(task, split, train_split=train_split)
-        return load_beir(Path(path).expanduser(), split, name=name, train_split=train_split)
+        return load_beir(Path(path).expanduser(), split, name=name, train_split=train_split,
+                         strict=strict)
     return load_mteb(task or name, split, train_split=train_split)
 
 
