@@ -220,7 +220,7 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
                            if k in done.data.metrics}
         return None
     run = tracking.JobRun(target.uri, experiment_id, f"{summary.config_label}/seed{config.seed}",
-                          flatten(as_dict), _tags(config, summary), parent_run_id)
+                          flatten(as_dict), job_tags(config, summary), parent_run_id)
     if not tracking.claim(client, experiment_id, summary.config_hash, run.run_id, parent_run_id):
         run.stop_heartbeat()
         log.info("skipping %s: a live run of config %s started first", name,
@@ -255,7 +255,8 @@ def job_summary(label: str, seed: int, result: JobResult, seconds: float, output
     return "\n".join(lines)
 
 
-def _tags(config: JobConfig, summary: JobSummary) -> dict[str, str]:
+def job_tags(config: JobConfig, summary: JobSummary) -> dict[str, str]:
+    """The tags a job's run carries (what the analysis reads back as columns)."""
     return {
         Tag.MODE: config.training.mode,
         Tag.TEACHER: config.teacher.name,
@@ -307,11 +308,15 @@ class _StoreGuard:
 
     def __init__(self, uri: str, output_dir: Path):
         self.uri, self.output_dir, self.failed = uri, output_dir, False
+        self.store = tracking.sqlite_path(uri)
 
     def __call__(self, fn, *args) -> None:
         if self.failed:
             return
         try:
+            # a deleted SQLite file can still take writes through an open connection, unseen
+            if self.store is not None and not self.store.exists():
+                raise tracking.TrackingUnavailable(f"{self.store} is gone")
             fn(*args)
         except Exception as err:  # noqa: BLE001
             self.fail(getattr(fn, "__name__", str(fn)), err)

@@ -58,6 +58,13 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
         summary, browse, sweep = None, "", dict(_open_sweep)
+        store = tracking.sqlite_path(sweep["uri"]) if sweep else None
+        if store is not None and not store.exists():  # said once, not by every call below
+            log.error("the MLflow store %s is gone: this sweep's run and summary are not "
+                      "recorded", sweep["uri"])
+            _open_sweep.clear()
+            sweep["heartbeat"].stop()
+            sweep = {}
         if sweep:
             browse = (f"to browse: mlflow ui --backend-store-uri {sweep['uri']}, then open "
                       f"{tracking.ui_link(sweep['experiment_id'])}")
@@ -65,12 +72,19 @@ class MlflowSweepCallback(Callback):
                 summary = log_sweep_summary(sweep["uri"], config.tracking.experiment,
                                             sweep["run_id"], config.hydra.sweep.dir, table)
             except Exception as err:  # noqa: BLE001 - the table is also on the console
-                log.error("could not log the sweep's summary to MLflow: %s", err)
+                log.error("could not log the sweep's summary to MLflow: %s",
+                          " ".join(str(err).split())[:200])
         _end_sweep("FINISHED")
         if sweep:
             _retire_killed_jobs(sweep["uri"], sweep["experiment_id"])
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+        untracked = untracked_jobs(config.hydra.sweep.dir)
+        if untracked:
+            log.warning("%d job(s) of this sweep are not in the MLflow store (it stopped "
+                        "answering); their results are on disk: %s; to bring them into a store: "
+                        "chelation-import %s", len(untracked),
+                        ", ".join(str(p) for p in untracked), config.hydra.sweep.dir)
         if summary is not None:
             log.info("%s", summary.line())
         if browse:
@@ -145,16 +159,36 @@ def sweep_table(sweep_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def untracked_jobs(sweep_dir: str | Path) -> list[Path]:
+    """The job folders whose results the tracking store never received (results.json says
+    `untracked`)."""
+    out = []
+    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+        try:
+            if json.loads(path.read_text()).get("untracked"):
+                out.append(path.parent)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 _open_sweep: dict[str, Any] = {}
 
 
 def _end_sweep(status: str) -> None:
+    """End the sweep's parent run; a store that is gone by now is said in one line (also from
+    atexit, where a raise would print a traceback)."""
     if not _open_sweep:
         return
     sweep = dict(_open_sweep)
     _open_sweep.clear()
     sweep["heartbeat"].stop()
-    tracking.end_run(sweep["uri"], sweep["run_id"], status)
+    try:
+        tracking.end_run(sweep["uri"], sweep["run_id"], status)
+    except Exception as err:  # noqa: BLE001 - the jobs' results are in their folders
+        log.error("could not mark the sweep's run %s %s: the MLflow store %s stopped answering "
+                  "(%s)", sweep["run_id"], status, sweep["uri"],
+                  " ".join(str(err).split())[:200])
 
 
 def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
@@ -163,7 +197,8 @@ def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
     try:
         tracking.retire_stale_runs(tracking.client(uri), experiment_id)
     except Exception as err:  # noqa: BLE001 - the next sweep retires them as well
-        log.error("could not retire the runs of killed jobs: %s", err)
+        log.error("could not retire the runs of killed jobs: %s",
+                  " ".join(str(err).split())[:200])
 
 
 def parent_run_id(sweep_dir: str | Path, target: TrackingTarget | None = None) -> str | None:
