@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     run: tracking.JobRun | None = None
     if config.tracking.enabled:
         try:
-            run = _open_run(config, as_dict, summary, parent_run_id)
+            with tracking.errors_reported_by_caller() if parent_run_id else nullcontext():
+                run = _open_run(config, as_dict, summary, parent_run_id)
         except Exception as err:
             if parent_run_id is None:  # a single job: the store is the user's to fix
                 raise
@@ -317,7 +319,8 @@ class _StoreGuard:
             # a deleted SQLite file can still take writes through an open connection, unseen
             if self.store is not None and not self.store.exists():
                 raise tracking.TrackingUnavailable(f"{self.store} is gone")
-            fn(*args)
+            with tracking.errors_reported_by_caller():
+                fn(*args)
         except Exception as err:  # noqa: BLE001
             self.fail(getattr(fn, "__name__", str(fn)), err)
 

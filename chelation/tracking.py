@@ -13,7 +13,8 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ _prepared: dict[tuple[str, str], str] = {}
 
 class TrackingUnavailable(RuntimeError):
     """The store named by `tracking.uri` cannot be opened or created."""
+
+
+@contextmanager
+def errors_reported_by_caller() -> Iterator[None]:
+    """MLflow's SQL store logs each database error with its traceback before raising it; within
+    this block that log is silenced, for a caller that says what failed itself, on one line."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    previous, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = previous
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -10,6 +10,7 @@ import atexit
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from chelation import tracking
 from chelation.identity import NOT_IDENTITY, identity
 from chelation.run_owner import Heartbeat
+from chelation.signals import exit_with_parent
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary
@@ -30,12 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"
+SWEEP_PID_ENV = "CHELATION_SWEEP_PID"
 
 
 class MlflowSweepCallback(Callback):
     # the open sweep lives in the module, not on the callback: joblib pickles the callback into
     # its workers, and a heartbeat's thread cannot be pickled
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # inherited by the workers it starts
+        os.environ[SWEEP_PID_ENV] = f"{os.getpid()}@{socket.gethostname()}"
         if not config.tracking.get("enabled", True):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -54,6 +59,12 @@ class MlflowSweepCallback(Callback):
         # a sweep stopped by a signal or an error never reaches on_multirun_end
         atexit.register(_end_sweep, "KILLED")
         log.info("MLflow parent run %s (%r) in experiment %r (%s)", run_id, name, experiment, uri)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # a worker process the sweep's process started (joblib's loky) stops when it dies
+        pid, _, host = os.environ.get(SWEEP_PID_ENV, "").partition("@")
+        if pid and host == socket.gethostname() and int(pid) != os.getpid():
+            exit_with_parent(int(pid))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
@@ -184,7 +195,8 @@ def _end_sweep(status: str) -> None:
     _open_sweep.clear()
     sweep["heartbeat"].stop()
     try:
-        tracking.end_run(sweep["uri"], sweep["run_id"], status)
+        with tracking.errors_reported_by_caller():
+            tracking.end_run(sweep["uri"], sweep["run_id"], status)
     except Exception as err:  # noqa: BLE001 - the jobs' results are in their folders
         log.error("could not mark the sweep's run %s %s: the MLflow store %s stopped answering "
                   "(%s)", sweep["run_id"], status, sweep["uri"],
