@@ -24,6 +24,7 @@ from chelation import tracking
 from chelation.identity import NOT_IDENTITY, identity
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
+from chelation_harness.user_errors import exit_for
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary
@@ -46,7 +47,10 @@ class MlflowSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, experiment = config.tracking.uri, config.tracking.experiment
-        experiment_id = tracking.prepare_store(uri, experiment)
+        try:
+            experiment_id = tracking.prepare_store(uri, experiment)
+        except tracking.TrackingUnavailable as err:  # Hydra would only warn of it
+            exit_for(err)
         tracking.retire_stale_runs(tracking.client(uri), experiment_id)
         overrides = " ".join(config.hydra.overrides.task)
         name = sweep_name(config.hydra.overrides.task)

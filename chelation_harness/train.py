@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,23 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from chelation.data import DatasetError
-from chelation.engine import EngineUnavailable
 from chelation.job import run_tracked_job
-from chelation.models import ModelUnavailable
 from chelation.settings import JobConfig, SettingsError
-from chelation.tracking import TrackingUnavailable
 from chelation_harness.callbacks import parent_run_id
 from chelation_harness.schema import register
+from chelation_harness.user_errors import USER_ERRORS, exit_for
 
 register()
 # An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
 CONF = str(Path(__file__).resolve().parent / "conf")
-# what a user's settings, paths, URIs, models or data files cause: one line and exit code 2 (the
-# traceback only with HYDRA_FULL_ERROR=1); anything else is a bug and keeps its traceback
-USER_ERRORS = (SettingsError, DatasetError, TrackingUnavailable, EngineUnavailable,
-               ModelUnavailable)
-USER_ERROR_EXIT = 2
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
@@ -39,17 +29,8 @@ def main(cfg: DictConfig) -> float | None:
     """One job; returns its final validation NDCG@10 (what a sweeper may optimise; never test)."""
     try:
         return _job(cfg)
-    except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.stdout.flush()
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
-
-
-def one_line(err: BaseException) -> str:
-    """An error's message on one line."""
-    return " ".join(str(err).split()) or type(err).__name__
+    except USER_ERRORS as err:  # one line and exit code 2; a bug keeps its traceback
+        exit_for(err)
 
 
 def _job(cfg: DictConfig) -> float | None:
