@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chelation.kinds import Fallback
 from chelation.projection import fit_projection, project
 from chelation.settings import IndexSettings
 from chelation.targets import check_teacher_weight, l2_normalize
@@ -22,7 +23,7 @@ from chelation.teacher import Teacher, TeacherUnavailable
 log = logging.getLogger(__name__)
 
 # what a run records when the teacher's documents were asked for but could not be had
-STUDENT_DOCUMENTS_FALLBACK = "student_documents"
+STUDENT_DOCUMENTS_FALLBACK = Fallback.STUDENT_DOCUMENTS
 
 
 def blend_documents(student: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
@@ -44,7 +45,7 @@ class DocumentChoice:
     """The vectors chosen for the index and, when the teacher could not be had, why not."""
 
     vectors: np.ndarray
-    fallback: str = "none"
+    fallback: str = Fallback.NONE
 
 
 def document_vectors(
@@ -77,6 +78,6 @@ def document_vectors(
             )
             teacher_docs = project(teacher.corpus_raw, matrix)
     except TeacherUnavailable as err:
-        log.warning("%s; indexing the student's documents", err)
+        log.info("%s; indexing the student's documents", err)
         return DocumentChoice(student_docs, STUDENT_DOCUMENTS_FALLBACK)
     return DocumentChoice(blend_documents(student_docs, teacher_docs, weight))

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import yaml
 
-from chelation import tracking
+from chelation import resume, tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic_variant
 from chelation.engine import check_engine
 from chelation.identity import as_mapping, config_label, flatten, identity
-from chelation.kinds import DatasetKind, Protocol
-from chelation.models import ModelUnavailable, locate_model
+from chelation.kinds import DatasetKind, Fallback, Protocol
+from chelation.models import INSTALL_COMMAND, ModelUnavailable, locate_model
 from chelation.protocol import CycleRecord, JobResult, run_job
 from chelation.settings import DatasetSpec, JobConfig, SettingsError
 from chelation.signals import signals_interrupt
@@ -48,6 +48,7 @@ class JobSummary:
     run_id: str | None = None
     skipped: bool = False
     untracked: bool = False  # the store stopped answering: results only in the job's folder
+    rerun_of: dict[str, str] | None = None  # the run that fell back which this one replaces
 
     @property
     def final_ndcg_at_10(self) -> float | None:
@@ -69,7 +70,8 @@ class JobSummary:
                 "config_label": self.config_label, "cycles": self.cycles}
         return {**head, **self.figures, "run_id": self.run_id,
                 **({"skipped": True} if self.skipped else {}),
-                **({"untracked": True} if self.untracked else {})}
+                **({"untracked": True} if self.untracked else {}),
+                **({"rerun_of": self.rerun_of} if self.rerun_of else {})}
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,6 +165,8 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     if run is not None:
         track(run.log_metrics, _job_figures(result, numeric_only=True), 0)
         track(run.set_tags, {Tag.FALLBACK: result.fallback})
+        if summary.rerun_of and not Fallback.degraded(result.fallback):
+            track(run.supersede, summary.rerun_of["run_id"])
         for name in (CONFIG_FILE, PER_QUERY_FILE, RESULTS_FILE):
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, output_dir / ADAPTERS_FOLDER)
@@ -212,11 +216,25 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
     if parent_run_id is None:  # a sweep's callback retires them once for all its jobs
         tracking.retire_stale_runs(client, experiment_id)
     name = f"{summary.config_label} seed {config.seed}"
-    done = tracking.find_finished_run(client, experiment_id, summary.config_hash) \
-        if target.resume else None
+    finished = tracking.finished_runs(client, experiment_id, summary.config_hash) \
+        if target.resume else []
+    decision = resume.decide(finished, lambda: _models_ready(config))
+    done = decision.done
+    if decision.rerun_of is not None:
+        fallback = decision.rerun_of.data.tags.get(Tag.FALLBACK)
+        summary.rerun_of = {"run_id": decision.rerun_of.info.run_id, "fallback": fallback}
+        log.info("running %s again: finished run %s fell back (%s) and its teacher %s can be "
+                 "loaded now; the new run replaces it", name, decision.rerun_of.info.run_id,
+                 fallback, config.teacher.model)
     if done is not None:
-        log.info("skipping %s: finished run %s has config hash %s", name, done.info.run_id,
-                 summary.config_hash)
+        if resume.fell_back(done):
+            log.warning("skipping %s: finished run %s fell back (%s) and its teacher %s is "
+                        "still missing; install it (`%s`) and run again to train with it",
+                        name, done.info.run_id, done.data.tags.get(Tag.FALLBACK),
+                        config.teacher.model, INSTALL_COMMAND)
+        else:
+            log.info("skipping %s: finished run %s has config hash %s", name, done.info.run_id,
+                     summary.config_hash)
         summary.skipped, summary.run_id = True, done.info.run_id
         summary.figures = {k: done.data.metrics[k] for k in ("final_ndcg_at_10", "val_ndcg_at_10")
                            if k in done.data.metrics}
@@ -230,6 +248,18 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
         summary.skipped = True
         return None
     return run
+
+
+def _models_ready(config: JobConfig) -> bool:
+    """Whether the models this configuration needs can be had now (a run that fell back for
+    one of them is worth running again)."""
+    if not config.needs_teacher:
+        return True
+    try:
+        locate_model(config.teacher.model)
+        return True
+    except ModelUnavailable:
+        return False
 
 
 def _save_outputs(summary: JobSummary, result: JobResult, output_dir: Path) -> None:
@@ -273,7 +303,7 @@ def job_tags(config: JobConfig, summary: JobSummary) -> dict[str, str]:
         Tag.CONFIG_HASH: summary.config_hash,
         Tag.GROUP_HASH: summary.group_hash,
         Tag.CONFIG_LABEL: summary.config_label,
-        Tag.FALLBACK: "pending",
+        Tag.FALLBACK: Fallback.PENDING,
         Tag.GIT_COMMIT: tracking.git_commit(Path(__file__).parent),
     }
 

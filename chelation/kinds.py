@@ -43,6 +43,21 @@ class Mode(StrEnum):
         return () if self.blends_targets else ("weight.",)
 
 
+class Fallback(StrEnum):
+    """What a job did without a model it needed (comma-joined when several happened)."""
+
+    NONE = "none"                            # nothing was missing
+    PENDING = "pending"                      # the job has not finished yet
+    BASELINE = "baseline"                    # teacher targets replaced by baseline targets
+    NO_UPDATE = "no_update"                  # no target left to train towards
+    STUDENT_DOCUMENTS = "student_documents"  # the index held the student's documents instead
+
+    @staticmethod
+    def degraded(recorded: str | None) -> bool:
+        """A finished job's record says it ran without a model it needed."""
+        return bool(recorded) and recorded not in (Fallback.NONE, Fallback.PENDING)
+
+
 class Precision(StrEnum):
     FLOAT32 = "float32"    # the default: reproduces published figures
     BFLOAT16 = "bfloat16"  # encoding under CPU autocast (cached apart)

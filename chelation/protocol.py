@@ -23,7 +23,7 @@ from chelation.data import (
 )
 from chelation.documents import DocumentChoice, document_vectors
 from chelation.encoders import CachedEncoder
-from chelation.kinds import Mode, Protocol
+from chelation.kinds import Fallback, Mode, Protocol
 from chelation.metrics import mean_and_std
 from chelation.query_cost import QueryCost, measure_query_cost
 from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
@@ -54,7 +54,7 @@ class CycleRecord:
     teacher_weight: float = float("nan")
     teacher_alignment: float = float("nan")
     rollback: int = 0
-    fallback: str = "none"
+    fallback: str = Fallback.NONE
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics, by name, for a tracker."""
@@ -79,8 +79,8 @@ class JobResult:
 
     @property
     def fallback(self) -> str:
-        real = sorted(set(self.fallbacks) - {"none"})
-        return ",".join(real) if real else "none"
+        real = sorted(set(self.fallbacks) - {Fallback.NONE})
+        return ",".join(real) if real else Fallback.NONE
 
 
 @dataclass
@@ -170,7 +170,7 @@ def run_encoded(
     dataset = encoded.dataset
     folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
     fold_data = _fold_documents(encoded, folds, settings, teacher)
-    result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != "none")
+    result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != Fallback.NONE)
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
                                     f.val, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
@@ -297,8 +297,8 @@ def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSett
     record.teacher_weight = outcomes[0].teacher_weight if outcomes else float("nan")
     record.train_loss = _nanmean([o.train_loss for o in outcomes])
     record.teacher_alignment = _nanmean([o.teacher_alignment for o in outcomes])
-    fallbacks = sorted({o.fallback for o in outcomes} - {"none"})
-    record.fallback = ",".join(fallbacks) if fallbacks else "none"
+    fallbacks = sorted({o.fallback for o in outcomes} - {Fallback.NONE})
+    record.fallback = ",".join(fallbacks) if fallbacks else Fallback.NONE
     return _evaluate_folds(retrievers, folds, record)
 
 

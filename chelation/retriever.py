@@ -17,7 +17,7 @@ from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
 from chelation.data import RetrievalDataset
 from chelation.engine import open_index
 from chelation.events import CollapseLog
-from chelation.kinds import Mode
+from chelation.kinds import Fallback, Mode
 from chelation.listwise import RankingTargets, teacher_ranking
 from chelation.metrics import mean_and_std, per_query_scores
 from chelation.neighbourhood import (
@@ -33,7 +33,7 @@ from chelation.teacher import Teacher, TeacherUnavailable
 log = logging.getLogger(__name__)
 
 EVAL_DEPTH = 100
-FALLBACK_BASELINE = Mode.BASELINE.value  # a teacher mode whose teacher failed trains as baseline
+FALLBACK_BASELINE = Fallback.BASELINE  # a teacher mode whose teacher failed trains as baseline
 
 
 @dataclass
@@ -84,7 +84,7 @@ class SedimentResult:
     train_loss: float = float("nan")
     teacher_weight: float = float("nan")
     teacher_alignment: float = float("nan")
-    fallback: str = "none"
+    fallback: str = Fallback.NONE
     rollback: bool = False
     val_before: float = float("nan")
     val_after: float = float("nan")
@@ -203,7 +203,7 @@ class ChelatedRetriever:
         self.collapses.clear()
         if len(positions) == 0:
             if result.fallback == FALLBACK_BASELINE:
-                result.fallback = "no_update"
+                result.fallback = Fallback.NO_UPDATE
             result.seconds = time.perf_counter() - started
             result.teacher_alignment = self._alignment()
             return result
@@ -220,7 +220,7 @@ class ChelatedRetriever:
         result = SedimentResult(teacher_weight=1.0)
         teacher_docs = self._teacher_doc_targets(result)
         if teacher_docs is None:
-            result.fallback = "no_update"  # nothing homeostatic to distil before any query ran
+            result.fallback = Fallback.NO_UPDATE  # nothing homeostatic to distil yet
             result.seconds = time.perf_counter() - started
             return result
         raw, targets = self.encoded.docs, teacher_docs
@@ -251,7 +251,7 @@ class ChelatedRetriever:
             self.teacher.ensure_fitted(texts, self.encoded.student_docs)
             self._teacher_docs = self.teacher.corpus_targets
         except TeacherUnavailable as err:
-            log.warning("%s; falling back to baseline targets", err)
+            log.info("%s; falling back to baseline targets", err)
             result.fallback = FALLBACK_BASELINE
             result.notes.append(str(err))
             return None
@@ -266,7 +266,7 @@ class ChelatedRetriever:
         try:
             teacher_q = self.teacher.targets([self.dataset.queries[q] for q in query_ids])
         except TeacherUnavailable as err:
-            log.warning("listwise term skipped: %s", err)
+            log.info("listwise term skipped: %s", err)
             return None
         candidates, probs = teacher_ranking(teacher_q, self._teacher_docs, cfg.listwise_k,
                                             cfg.listwise_temperature)

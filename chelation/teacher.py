@@ -31,17 +31,25 @@ class Teacher:
         # the fitted corpus in the student's frame: every fold of a job reads the same targets
         self.corpus_targets: np.ndarray | None = None
         self.teacher_dim: int | None = None
+        self.failure: str | None = None  # why the teacher cannot be had: asked once per job
+
 
     @property
     def name(self) -> str:
         return self.encoder.name
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw teacher embeddings; any failure to load or encode becomes TeacherUnavailable."""
+        """Raw teacher embeddings; any failure to load or encode becomes TeacherUnavailable,
+        warned about once: later calls of the job fail at once with the same reason."""
+        if self.failure is not None:
+            raise TeacherUnavailable(self.failure)
         try:
             return self.encoder.encode(texts)
         except Exception as err:  # noqa: BLE001 - every teacher failure takes the fallback path
-            raise TeacherUnavailable(f"teacher {self.name!r} failed: {err}") from err
+            self.failure = f"teacher {self.name!r} failed: {err}"
+            log.warning("%s; the job goes on without it (its `fallback` tag says how)",
+                        self.failure)
+            raise TeacherUnavailable(self.failure) from err
 
     def fit(self, corpus_texts: Sequence[str], student_corpus: np.ndarray) -> None:
         teacher_corpus = self.embed(corpus_texts)

@@ -24,6 +24,7 @@ from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat, owner_alive, owner_tags
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Tag(StrEnum):
     CONFIG_LABEL = "config_label"
     FALLBACK = "fallback"
     GIT_COMMIT = "git_commit"
+    RERUN_OF = "rerun_of"            # this run replaces a finished run that fell back
+    SUPERSEDED_BY = "superseded_by"  # on a run that fell back: the run that replaced it
 
 
 SWEEP_DIR_TAG = "sweep_dir"  # on a sweep's parent run: the folder its jobs write into
@@ -158,14 +161,13 @@ def git_commit(folder: str | Path = ".") -> str:
         return "unknown"
 
 
-def find_finished_run(client: MlflowClient, experiment_id: str, hash_: str):
-    """The finished run with this config hash, if any (what resume skips)."""
-    runs = client.search_runs(
+def finished_runs(client: MlflowClient, experiment_id: str, hash_: str) -> list:
+    """The finished runs with this config hash, newest first (what resume decides on)."""
+    return client.search_runs(
         [experiment_id],
         filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status = 'FINISHED'",
-        max_results=1,
+        order_by=["attributes.start_time DESC"],
     )
-    return runs[0] if runs else None
 
 
 def find_open_sweep(client: MlflowClient, experiment_id: str, sweep_dir: str) -> str | None:
@@ -227,6 +229,11 @@ class JobRun:
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(
             "mlflow.data.context", "evaluation")])])
 
+    def supersede(self, old_run_id: str) -> None:
+        """This run replaces `old_run_id` (a finished run that fell back): both say so."""
+        self.set_tags({Tag.RERUN_OF: old_run_id})
+        self.client.set_tag(old_run_id, Tag.SUPERSEDED_BY, self.run_id)
+
     def stop_heartbeat(self) -> None:
         self._heartbeat.stop()
 
@@ -260,8 +267,9 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
           parent_run_id: str | None) -> bool:
     """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
     config has finished meanwhile, nor if a run of it that started earlier is still running with
-    a live owner, in this sweep or any other. Runs made before owners were recorded count as
-    live when they are siblings in this sweep. A run that loses ends KILLED and deletes itself."""
+    a live owner, in this sweep or any other (a finished run that fell back is replaced, not a
+    rival). Runs made before owners were recorded count as live when they are siblings in this
+    sweep. A run that loses ends KILLED and deletes itself."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status != 'KILLED'",
@@ -271,7 +279,9 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
         if run.info.run_id == run_id:
             continue
         if run.info.status == "FINISHED":
-            rivals.append((0, "", run.info.run_id))
+            # a run that fell back is no rival: resume re-runs it once its model is back
+            if not Fallback.degraded(run.data.tags.get(Tag.FALLBACK)):
+                rivals.append((0, "", run.info.run_id))
         elif run.info.status == "RUNNING":
             alive = owner_alive(run.data.tags)
             if alive is None:

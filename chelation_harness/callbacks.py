@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from chelation import tracking
 from chelation.identity import NOT_IDENTITY, identity
+from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
 from chelation_harness.user_errors import exit_for
@@ -159,8 +160,11 @@ def sweep_table(sweep_dir: str | Path) -> str:
         first = cycles[0].get("ndcg_at_10") or float("nan")
         rollbacks = sum(c.get("rollback") or 0 for c in cycles) + \
             (result.get("distill_rollback") or 0)
+        fallback = result.get("fallback", Fallback.NONE)
+        if result.get("rerun_of"):
+            fallback += f" (re-run: {result['rerun_of']['fallback']} before)"
         rows.append((result["config_label"], config.get("seed"), final, final - first,
-                     int(rollbacks), result.get("fallback", "none")))
+                     int(rollbacks), fallback))
     if not rows:
         return ""
     width = max(len(r[0]) for r in rows)
@@ -171,6 +175,9 @@ def sweep_table(sweep_dir: str | Path) -> str:
     lines += ["NDCG@10: test queries after the last cycle; vs cycle 0: what training changed "
               "(cycle 0 is the same job before any update); rollbacks: updates the collapse "
               "guard undid because validation NDCG@10 fell; frozen rows are the untrained control."]
+    if any("(re-run:" in r[5] for r in rows):
+        lines += ["re-run: this configuration had a finished run that fell back for a missing "
+                  "model, now installed; the new run replaces it in the analysis."]
     return "\n".join(lines)
 
 

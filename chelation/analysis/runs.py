@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from chelation.identity import NOT_IDENTITY
-from chelation.kinds import MODES, Mode
+from chelation.kinds import MODES, Fallback, Mode
 from chelation.tracking import PER_QUERY_FILE, Tag
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,20 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
         token = page.token
         if not token:
             break
-    return _with_short_columns(pd.DataFrame(rows))
+    return one_run_per_configuration(_with_short_columns(pd.DataFrame(rows)))
+
+
+def one_run_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per configuration (`config_hash`): the newest that did not fall back, else the
+    newest (a configuration re-run once its teacher was installed counts once). Runs without a
+    hash are kept as they are."""
+    if runs.empty or "config_hash" not in runs:
+        return runs
+    ranked = runs.assign(_fell_back=runs["fallback"].map(Fallback.degraded)).sort_values(
+        ["_fell_back", "start_time"], ascending=[True, False])
+    hashed = ranked["config_hash"].notna()
+    kept = pd.concat([ranked[hashed].drop_duplicates("config_hash"), ranked[~hashed]])
+    return runs.loc[sorted(kept.index)].reset_index(drop=True)
 
 
 def _with_short_columns(raw: pd.DataFrame) -> pd.DataFrame:
