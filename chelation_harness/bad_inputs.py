@@ -1,6 +1,7 @@
 """A battery of bad inputs through the real CLI, each classified by what a user would see.
 
-    python -m chelation_harness.bad_inputs [--repo PATH] [--out results/bad_inputs.md]
+    python -m chelation_harness.bad_inputs [--repo PATH] [--cache DIR] [--json FILE]
+    python -m chelation_harness.bad_inputs --compare BEFORE.json AFTER.json > results/bad_inputs.md
 
 Every case is one `python -m chelation_harness.train` process (run from `--repo`, so an older
 checkout can be measured the same way) against a temporary MLflow store. A case that must fail
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -180,12 +182,50 @@ def run_case(repo: Path, work: Path, overrides: tuple[str, ...], token: str,
             "runs_created": _count_runs(db), "last": text[-1][:160] if text else ""}
 
 
+def _verdict(record: dict) -> str:
+    extra = [f"exit {record['exit']}", f"{record['stderr_lines']} stderr lines"]
+    if record["runs_created"]:
+        extra.append(f"{record['runs_created']} run created")
+    if record["running_left"]:
+        extra.append("left RUNNING")
+    return f"{record['verdict']} ({', '.join(extra)})"
+
+
+def compare(before: dict, after: dict) -> str:
+    """A markdown table of two batteries' records, case by case, with their counts."""
+    keys = ("clear", "unclear", "silent", "warned", "failed", "one_line")
+    rows = ["| | " + " | ".join(keys) + " | failures that created a run | left RUNNING |",
+            "|---|" + "---|" * (len(keys) + 2)]
+    for name, battery in (("before", before), ("after", after)):
+        records = battery["records"]
+        counts = {k: sum(r["verdict"] == k for r in records) for k in keys}
+        counts["one_line"] = sum(r["one_line"] for r in records)
+        rows.append(f"| {name} | " + " | ".join(str(counts[k]) for k in keys)
+                    + f" | {sum(r['runs_created'] > 0 and r['must_fail'] for r in records)}"
+                    + f" | {sum(r['running_left'] > 0 for r in records)} |")
+    rows += ["", "| case | overrides | must | before | after |", "|---|---|---|---|---|"]
+    old = {r["case"]: r for r in before["records"]}
+    for record in after["records"]:
+        prior = old.get(record["case"])
+        overrides = re.sub(r"=\S*/fixtures/", "=<fixtures>/", record["overrides"])
+        rows.append(f"| {record['case']} | `{overrides}` | "
+                    f"{'fail' if record['must_fail'] else 'go on'} | "
+                    f"{_verdict(prior) if prior else '-'} | {_verdict(record)} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=str(REPO))
     parser.add_argument("--json", default=None, help="write the records here")
     parser.add_argument("--cache", default=None, help="cache_dir for every case")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print two recorded batteries side by side (markdown)")
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare(before, after))
+        return
     repo = Path(args.repo).resolve()
     records = []
     with tempfile.TemporaryDirectory() as tmp:
