@@ -129,7 +129,7 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         try:
             with tracking.errors_reported_by_caller() if parent_run_id else nullcontext():
                 run = _open_run(config, as_dict, summary, parent_run_id)
-        except Exception as err:
+        except tracking.STORE_ERRORS as err:
             if parent_run_id is None:  # a single job: the store is the user's to fix
                 raise
             # mid-sweep the store was there when the sweep began: the job goes on without it

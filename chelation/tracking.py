@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import sqlalchemy.exc
 from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -91,6 +92,11 @@ _prepared: dict[tuple[str, str], str] = {}
 
 class TrackingUnavailable(RuntimeError):
     """The store named by `tracking.uri` cannot be opened or created."""
+
+
+# what a store that is gone or stops answering raises (a server's connection errors are OSErrors)
+STORE_ERRORS = (TrackingUnavailable, mlflow.exceptions.MlflowException, OSError,
+                sqlalchemy.exc.SQLAlchemyError)
 
 
 @contextmanager
