@@ -89,9 +89,9 @@ def import_job(folder: str | Path, uri: str | None = None,
     experiment_id = tracking.prepare_store(uri, experiment)
     client = tracking.client(uri)
     config_hash = results["config_hash"]
-    done = tracking.find_finished_run(client, experiment_id, config_hash)
-    if done is not None:
-        return Imported(folder, done.info.run_id, config_hash, created=False)
+    done = tracking.finished_runs(client, experiment_id, config_hash)
+    if done:
+        return Imported(folder, done[0].info.run_id, config_hash, created=False)
     job = _settings(JobConfig, config)
     summary = JobSummary(config_hash, results["group_hash"], results["config_label"])
     tags = {**job_tags(job, summary), Tag.FALLBACK: str(results.get("fallback", "none")),
