@@ -25,7 +25,7 @@ from chelation.identity import NOT_IDENTITY, identity
 from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
-from chelation_harness.user_errors import exit_for
+from chelation_harness.user_errors import exit_for, release_stderr
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary
@@ -40,7 +40,11 @@ SWEEP_PID_ENV = "CHELATION_SWEEP_PID"
 class MlflowSweepCallback(Callback):
     # the open sweep lives in the module, not on the callback: joblib pickles the callback into
     # its workers, and a heartbeat's thread cannot be pickled
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_stderr()  # the config is composed: Hydra's errors are behind us
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_stderr()
         # inherited by the workers it starts
         os.environ[SWEEP_PID_ENV] = f"{os.getpid()}@{socket.gethostname()}"
         if not config.tracking.get("enabled", True):
