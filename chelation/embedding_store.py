@@ -158,10 +158,10 @@ class EmbeddingStore:
         try:
             return Manifest.from_json(path.read_text())
         except (ValueError, KeyError, TypeError, AttributeError) as err:
+            aside = self._set_aside([path, *self._data_files()])
             log.warning("embedding cache %s is unreadable (%s): starting it afresh; its texts "
-                        "will be encoded again", path, err)
-            self._remove_data_files()
-            path.unlink()
+                        "will be encoded again; its files are kept aside as %s", path, err,
+                        ", ".join(p.name for p in aside))
             return None
 
     def _load(self, verify: bool) -> None:
@@ -237,9 +237,19 @@ class EmbeddingStore:
             if old.exists():
                 old.rename(old.with_name(old.name + ".damaged"))
 
-    def _remove_data_files(self) -> None:
-        for path in [*self.folder.glob("vectors-*.f32"), *self.folder.glob("keys-*.bin")]:
-            path.unlink()
+    def _data_files(self) -> list[Path]:
+        return [*self.folder.glob("vectors-*.f32"), *self.folder.glob("keys-*.bin")]
+
+    @staticmethod
+    def _set_aside(paths: Sequence[Path]) -> list[Path]:
+        """Rename each file to `<name>.damaged` (kept for a look, never read again)."""
+        aside = []
+        for path in paths:
+            try:
+                aside.append(path.rename(path.with_name(path.name + ".damaged")))
+            except FileNotFoundError:  # set aside by another process meanwhile
+                continue
+        return aside
 
     def _import_legacy_shards(self) -> bool:
         """Caches written before this store (one .npz per 256 texts) are moved into it once;

@@ -225,3 +225,25 @@ def open_index(dim: int, settings: EngineSettings | None = None) -> VectorIndex:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise EngineUnavailable(f"{key}={value}: cannot open the vector index ({reason})") \
             from None
+
+
+def check_engine(settings: EngineSettings) -> None:
+    """Whether the index the settings name can be opened, asked before a job's run exists: the
+    server answers, or the shard's folder can be made. Raises EngineUnavailable naming the key."""
+    key, value = ("engine.url", settings.url) if settings.url else \
+        ("engine.location", settings.location)
+    try:
+        if settings.url:
+            from qdrant_client import QdrantClient
+
+            client = QdrantClient(url=settings.url, timeout=10)
+            try:
+                client.get_collections()
+            finally:
+                client.close()
+        elif settings.location != IN_MEMORY:
+            Path(settings.location).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    except Exception as err:  # noqa: BLE001 - any cause: say which setting led there
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise EngineUnavailable(f"{key}={value}: cannot open the vector index ({reason})") \
+            from None

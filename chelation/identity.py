@@ -15,7 +15,7 @@ from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
 
 # Keys that do not change what a job computes: never part of its identity.
 NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress", "student.batch_size",
-                "teacher.batch_size", "query_cost_sample")
+                "teacher.batch_size", "query_cost_sample", "dataset.strict")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

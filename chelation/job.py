@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import yaml
 
 from chelation import resume, tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic_variant
+from chelation.engine import check_engine
 from chelation.identity import as_mapping, config_label, flatten, identity
-from chelation.kinds import DatasetKind, Fallback
+from chelation.kinds import DatasetKind, Fallback, Protocol
 from chelation.models import INSTALL_COMMAND, ModelUnavailable, locate_model
 from chelation.protocol import CycleRecord, JobResult, run_job
-from chelation.settings import DatasetSpec, JobConfig
+from chelation.settings import DatasetSpec, JobConfig, SettingsError
 from chelation.signals import signals_interrupt
 from chelation.tracking import PER_QUERY_FILE, Tag
 
@@ -45,6 +47,7 @@ class JobSummary:
     figures: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     skipped: bool = False
+    untracked: bool = False  # the store stopped answering: results only in the job's folder
     rerun_of: dict[str, str] | None = None  # the run that fell back which this one replaces
 
     @property
@@ -67,19 +70,21 @@ class JobSummary:
                 "config_label": self.config_label, "cycles": self.cycles}
         return {**head, **self.figures, "run_id": self.run_id,
                 **({"skipped": True} if self.skipped else {}),
+                **({"untracked": True} if self.untracked else {}),
                 **({"rerun_of": self.rerun_of} if self.rerun_of else {})}
 
 
 @functools.lru_cache(maxsize=8)
 def _load(kind: str, name: str, path: str | None, split: str, task: str | None, seed: int,
-          train_split: str | None) -> RetrievalDataset:
+          train_split: str | None, strict: bool = False) -> RetrievalDataset:
     if kind == DatasetKind.SYNTHETIC:
         return make_synthetic_variant(name, seed)
     if kind == DatasetKind.BEIR:
         if task and not Path(path).expanduser().is_dir():
             log.info("no BEIR folder at %s: loading the MTEB task %s", path, task)
             return load_mteb(task, split, train_split=train_split)
-        return load_beir(Path(path).expanduser(), split, name=name, train_split=train_split)
+        return load_beir(Path(path).expanduser(), split, name=name, train_split=train_split,
+                         strict=strict)
     return load_mteb(task or name, split, train_split=train_split)
 
 
@@ -114,16 +119,26 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     full_hash, group_hash = identity(as_dict)
     summary = JobSummary(full_hash, group_hash, config_label(config))
 
-    # the data are read and checked before any run exists: a rejected file leaves nothing behind
+    # the data and the models are checked before any run exists: a rejected file or a model
+    # that cannot be found leaves nothing behind
     dataset = load_dataset(config.dataset)
+    check_job(config, dataset)
     track = _StoreGuard(config.tracking.uri, output_dir)
     run: tracking.JobRun | None = None
     if config.tracking.enabled:
-        run = _open_run(config, as_dict, summary, parent_run_id)
-        if run is None:
+        try:
+            with tracking.errors_reported_by_caller() if parent_run_id else nullcontext():
+                run = _open_run(config, as_dict, summary, parent_run_id)
+        except tracking.STORE_ERRORS as err:
+            if parent_run_id is None:  # a single job: the store is the user's to fix
+                raise
+            # mid-sweep the store was there when the sweep began: the job goes on without it
+            track.fail("open a run", err)
+        if run is None and not track.failed:
             return summary
-        track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
-              config.dataset.source)
+        if run is not None:
+            track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
+                  config.dataset.source)
 
     per_query_rows: list[tuple[int, str, float]] = []
 
@@ -156,10 +171,36 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, output_dir / ADAPTERS_FOLDER)
         track(run.finish, "FINISHED")
+    if track.failed:  # what the sweep's end lists and chelation-import brings back
+        summary.untracked, summary.run_id = True, None
+        _write_json(output_dir / RESULTS_FILE, summary.to_json())
     log.info("%s", job_summary(summary.config_label, config.seed, result,
                                time.perf_counter() - started, output_dir,
                                summary.run_id if not track.failed else None, config.tracking.uri))
     return summary
+
+
+def check_job(config: JobConfig, dataset: RetrievalDataset) -> None:
+    """What can fail a job for the user's settings is checked before its run exists: the
+    protocol against the data, the engine (EngineUnavailable naming its key) and the student
+    model (ModelUnavailable naming `student.model` and where it was looked for). A named
+    teacher that cannot be found is said here; the job then falls back, as it does for a
+    teacher that fails to load."""
+    if config.protocol == Protocol.OFFICIAL and not dataset.train_query_ids:
+        raise SettingsError("protocol=official needs a dataset with its own train queries "
+                            f"(dataset {dataset.name!r} has none: set dataset.train_split, "
+                            "e.g. train for SciFact, or protocol=split)")
+    check_engine(config.engine)
+    try:
+        locate_model(config.student.model)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"student.model={config.student.model!r}: {err}") from None
+    if config.needs_teacher:
+        try:
+            locate_model(config.teacher.model)
+        except ModelUnavailable as err:
+            log.warning("teacher.model=%r: %s; the job falls back without the teacher",
+                        config.teacher.model, " ".join(str(err).split()))
 
 
 def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary,
@@ -168,6 +209,9 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
     already has a finished run or a live sibling that started first."""
     target = config.tracking
     experiment_id = tracking.prepare_store(target.uri, target.experiment)  # fails naming it
+    store = tracking.sqlite_path(target.uri)
+    if store is not None and not store.exists():  # deleted since it was prepared
+        raise tracking.TrackingUnavailable(f"tracking.uri={target.uri!r}: {store} is gone")
     client = tracking.client(target.uri)
     if parent_run_id is None:  # a sweep's callback retires them once for all its jobs
         tracking.retire_stale_runs(client, experiment_id)
@@ -196,7 +240,7 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
                            if k in done.data.metrics}
         return None
     run = tracking.JobRun(target.uri, experiment_id, f"{summary.config_label}/seed{config.seed}",
-                          flatten(as_dict), _tags(config, summary), parent_run_id)
+                          flatten(as_dict), job_tags(config, summary), parent_run_id)
     if not tracking.claim(client, experiment_id, summary.config_hash, run.run_id, parent_run_id):
         run.stop_heartbeat()
         log.info("skipping %s: a live run of config %s started first", name,
@@ -243,7 +287,8 @@ def job_summary(label: str, seed: int, result: JobResult, seconds: float, output
     return "\n".join(lines)
 
 
-def _tags(config: JobConfig, summary: JobSummary) -> dict[str, str]:
+def job_tags(config: JobConfig, summary: JobSummary) -> dict[str, str]:
+    """The tags a job's run carries (what the analysis reads back as columns)."""
     return {
         Tag.MODE: config.training.mode,
         Tag.TEACHER: config.teacher.name,
@@ -295,14 +340,24 @@ class _StoreGuard:
 
     def __init__(self, uri: str, output_dir: Path):
         self.uri, self.output_dir, self.failed = uri, output_dir, False
+        self.store = tracking.sqlite_path(uri)
 
     def __call__(self, fn, *args) -> None:
         if self.failed:
             return
         try:
-            fn(*args)
+            # a deleted SQLite file can still take writes through an open connection, unseen
+            if self.store is not None and not self.store.exists():
+                raise tracking.TrackingUnavailable(f"{self.store} is gone")
+            with tracking.errors_reported_by_caller():
+                fn(*args)
         except Exception as err:  # noqa: BLE001
-            self.failed = True
-            log.error("MLflow store %s stopped answering (%s: %s); the job goes on without it: "
-                      "its results are in %s (results.json, per_query_ndcg.csv, config.yaml, "
-                      "adapters/)", self.uri, getattr(fn, "__name__", fn), err, self.output_dir)
+            self.fail(getattr(fn, "__name__", str(fn)), err)
+
+    def fail(self, what: str, err: BaseException) -> None:
+        """Say once, on one line, that the job goes on untracked and where its results are."""
+        self.failed = True
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        log.error("MLflow store %s stopped answering (%s: %s); the job goes on untracked: its "
+                  "results are in %s (chelation-import %s brings them into a store)", self.uri,
+                  what, reason, self.output_dir, self.output_dir)

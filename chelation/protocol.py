@@ -28,7 +28,7 @@ from chelation.metrics import mean_and_std
 from chelation.query_cost import QueryCost, measure_query_cost
 from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
 from chelation.schedules import teacher_weight_at
-from chelation.settings import RunSettings
+from chelation.settings import RunSettings, SettingsError
 from chelation.teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def make_folds(query_ids: list[str], settings: RunSettings,
     them judges the guard and model selection) and tests on every one of `query_ids`."""
     if settings.protocol == Protocol.OFFICIAL:
         if not train_query_ids:
-            raise ValueError("protocol=official needs a dataset with its own train queries "
+            raise SettingsError("protocol=official needs a dataset with its own train queries "
                              "(set dataset.train_split, e.g. train for SciFact)")
         pairs = [(list(train_query_ids), list(query_ids))]
     elif settings.protocol == Protocol.KFOLD:

@@ -252,6 +252,7 @@ class DatasetSpec:
     task: str | None = None  # for `beir`: the MTEB task to load when `path` does not exist
     seed: int = 0
     train_split: str | None = None  # the collection's own training queries (protocol=official)
+    strict: bool = False  # refuse a corpus line without "text" (else a warning names the line)
 
     def validate(self, prefix: str = "dataset") -> None:
         _require_kind(DatasetKind, f"{prefix}.kind", self.kind)

@@ -13,12 +13,14 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import sqlalchemy.exc
 from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -90,6 +92,23 @@ _prepared: dict[tuple[str, str], str] = {}
 
 class TrackingUnavailable(RuntimeError):
     """The store named by `tracking.uri` cannot be opened or created."""
+
+
+# what a store that is gone or stops answering raises (a server's connection errors are OSErrors)
+STORE_ERRORS = (TrackingUnavailable, mlflow.exceptions.MlflowException, OSError,
+                sqlalchemy.exc.SQLAlchemyError)
+
+
+@contextmanager
+def errors_reported_by_caller() -> Iterator[None]:
+    """MLflow's SQL store logs each database error with its traceback before raising it; within
+    this block that log is silenced, for a caller that says what failed itself, on one line."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    previous, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = previous
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -255,8 +274,8 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
     """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
     config has finished meanwhile, nor if a run of it that started earlier is still running with
     a live owner, in this sweep or any other (a finished run that fell back is replaced, not a
-    rival). Runs made before owners were recorded count as
-    live when they are siblings in this sweep. A run that loses deletes itself."""
+    rival). Runs made before owners were recorded count as live when they are siblings in this
+    sweep. A run that loses ends KILLED and deletes itself."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status != 'KILLED'",
@@ -277,6 +296,8 @@ def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
                 rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
     mine = client.get_run(run_id).info
     if any(r[:2] < (mine.start_time, run_id) for r in rivals):
+        # ended before it is deleted: a lost claim leaves no RUNNING run, deleted or not
+        client.set_terminated(run_id, "KILLED")
         client.delete_run(run_id)
         return False
     return True

@@ -1,13 +1,18 @@
 """A battery of bad inputs through the real CLI, each classified by what a user would see.
 
-    python -m chelation_harness.bad_inputs [--repo PATH] [--out results/bad_inputs.md]
+    python -m chelation_harness.bad_inputs [--repo PATH] [--cache DIR] [--json FILE]
+    python -m chelation_harness.bad_inputs --compare BEFORE.json AFTER.json > results/bad_inputs.md
 
 Every case is one `python -m chelation_harness.train` process (run from `--repo`, so an older
-checkout can be measured the same way) against a temporary MLflow store. A case is
+checkout can be measured the same way) against a temporary MLflow store. A case that must fail
+is
 - clear: the process fails and its last lines name what is wrong (the case's token);
 - unclear: it fails, but the last lines do not say what;
 - silent: it exits 0, the bad input accepted;
-and, separately, whether it left a run RUNNING in the store.
+and, apart, `one_line`: it failed with exit code 2 and exactly one line on stderr. A case that
+must go on (a data edge, a teacher that cannot be found) is `warned` when it exits 0 and its
+output names the token, `silent` when it exits 0 without a word, `failed` when it fails. Every
+case also counts the runs it left RUNNING and the runs it created at all.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +43,20 @@ def _fixtures(folder: Path) -> dict[str, Path]:
             (path / "qrels" / "test.tsv").write_text(qrels)
         return path
 
+    def small(name: str, edit: dict) -> Path:
+        """A collection large enough to run (12 documents, 6 judged queries), with the
+        documents of `edit` replaced by the records given."""
+        words = ["wing", "flow", "heat", "shock", "plate", "boundary"]
+        docs = {f"d{i}": {"_id": f"d{i}", "title": f"{words[i % 6]} study",
+                          "text": f"{words[i % 6]} {words[(i + 1) % 6]} measured case {i}"}
+                for i in range(12)}
+        docs.update(edit)
+        lines = [json.dumps(d) for d in docs.values()]
+        queries = "".join(json.dumps({"_id": f"q{i}", "text": f"{w} results"}) + "\n"
+                          for i, w in enumerate(words))
+        qrels = header + "".join(f"q{i}\td{i}\t1\nq{i}\td{i + 6}\t1\n" for i in range(6))
+        return beir(name, "\n".join(lines) + "\n", queries, qrels)
+
     doc = json.dumps({"_id": "d1", "title": "", "text": "wings"}) + "\n"
     query = json.dumps({"_id": "q1", "text": "wing"}) + "\n"
     header = "query-id\tcorpus-id\tscore\n"
@@ -47,11 +67,14 @@ def _fixtures(folder: Path) -> dict[str, Path]:
         "bad_score": beir("bad_score", doc, query, header + "q1\td1\thigh\n"),
         "no_id": beir("no_id", json.dumps({"text": "x"}) + "\n", query, header + "q1\td1\t1\n"),
         "empty_corpus": beir("empty_corpus", "", query, header + "q1\td1\t1\n"),
+        # line 3 has a title and no "text"; line 4 neither
+        "no_text": small("no_text", {"d2": {"_id": "d2", "title": "wing study"}}),
+        "empty_doc": small("empty_doc", {"d3": {"_id": "d3", "title": "", "text": ""}}),
     }
 
 
 def cases(fx: dict[str, Path]) -> list[tuple[str, tuple[str, ...], str]]:
-    """(name, overrides, the token a clear message contains)."""
+    """(name, overrides, the token a clear message contains): cases that must fail."""
     beir = ("dataset.kind=beir", "dataset.name=x")
     return [
         ("unknown mode", ("mode=nope",), "mode"),
@@ -99,22 +122,38 @@ def cases(fx: dict[str, Path]) -> list[tuple[str, tuple[str, ...], str]]:
         ("official protocol without train queries", ("dataset=cranfield", "protocol=official"),
          "train"),
         ("student model that does not exist", ("student.model=/nonexistent/model",),
-         "/nonexistent/model"),
+         "student.model"),
+        ("corpus line without text, strict",
+         (*beir, f"dataset.path={fx['no_text']}", "dataset.strict=true"), "corpus.jsonl, line 3"),
     ]
 
 
-def _running_runs(db: Path) -> int:
+def go_on_cases(fx: dict[str, Path]) -> list[tuple[str, tuple[str, ...], str]]:
+    """(name, overrides, the token its warning contains): inputs a job survives, never silently."""
+    beir = ("dataset.kind=beir", "dataset.name=x")
+    return [
+        ("corpus line without text", (*beir, f"dataset.path={fx['no_text']}"),
+         "corpus.jsonl, line 3"),
+        ("document with neither title nor text", (*beir, f"dataset.path={fx['empty_doc']}"),
+         "corpus.jsonl, line 4"),
+        ("teacher model that does not exist", ("mode=offline",
+                                               "teacher.model=/nonexistent/teacher"),
+         "teacher.model"),
+    ]
+
+
+def _count_runs(db: Path, where: str = "1") -> int:
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db) as con:
-            return con.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+            return con.execute(f"select count(*) from runs where {where}").fetchone()[0]
     except sqlite3.Error:
         return 0
 
 
 def run_case(repo: Path, work: Path, overrides: tuple[str, ...], token: str,
-             cache: str | None = None) -> dict:
+             cache: str | None = None, must_fail: bool = True) -> dict:
     work.mkdir(parents=True)
     db = work / "mlflow.db"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -127,13 +166,52 @@ def run_case(repo: Path, work: Path, overrides: tuple[str, ...], token: str,
                           f"hydra.run.dir={work}/run", "tracking.experiment=battery"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     text = (out.stdout + out.stderr).strip().splitlines()
+    errors = out.stderr.strip().splitlines()
     tail = "\n".join(text[-TAIL_LINES:])
-    if out.returncode == 0:
+    if not must_fail:
+        verdict = "failed" if out.returncode else \
+            ("warned" if token in "\n".join(text) else "silent")
+    elif out.returncode == 0:
         verdict = "silent"
     else:
         verdict = "clear" if token in tail else "unclear"
     return {"verdict": verdict, "exit": out.returncode, "lines": len(text),
-            "running_left": _running_runs(db), "last": text[-1][:160] if text else ""}
+            "stderr_lines": len(errors),
+            "one_line": must_fail and out.returncode == 2 and len(errors) == 1,
+            "running_left": _count_runs(db, "status = 'RUNNING'"),
+            "runs_created": _count_runs(db), "last": text[-1][:160] if text else ""}
+
+
+def _verdict(record: dict) -> str:
+    extra = [f"exit {record['exit']}", f"{record['stderr_lines']} stderr lines"]
+    if record["runs_created"]:
+        extra.append(f"{record['runs_created']} run created")
+    if record["running_left"]:
+        extra.append("left RUNNING")
+    return f"{record['verdict']} ({', '.join(extra)})"
+
+
+def compare(before: dict, after: dict) -> str:
+    """A markdown table of two batteries' records, case by case, with their counts."""
+    keys = ("clear", "unclear", "silent", "warned", "failed", "one_line")
+    rows = ["| | " + " | ".join(keys) + " | failures that created a run | left RUNNING |",
+            "|---|" + "---|" * (len(keys) + 2)]
+    for name, battery in (("before", before), ("after", after)):
+        records = battery["records"]
+        counts = {k: sum(r["verdict"] == k for r in records) for k in keys}
+        counts["one_line"] = sum(r["one_line"] for r in records)
+        rows.append(f"| {name} | " + " | ".join(str(counts[k]) for k in keys)
+                    + f" | {sum(r['runs_created'] > 0 and r['must_fail'] for r in records)}"
+                    + f" | {sum(r['running_left'] > 0 for r in records)} |")
+    rows += ["", "| case | overrides | must | before | after |", "|---|---|---|---|---|"]
+    old = {r["case"]: r for r in before["records"]}
+    for record in after["records"]:
+        prior = old.get(record["case"])
+        overrides = re.sub(r"=\S*/fixtures/", "=<fixtures>/", record["overrides"])
+        rows.append(f"| {record['case']} | `{overrides}` | "
+                    f"{'fail' if record['must_fail'] else 'go on'} | "
+                    f"{_verdict(prior) if prior else '-'} | {_verdict(record)} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -141,17 +219,28 @@ def main() -> None:
     parser.add_argument("--repo", default=str(REPO))
     parser.add_argument("--json", default=None, help="write the records here")
     parser.add_argument("--cache", default=None, help="cache_dir for every case")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print two recorded batteries side by side (markdown)")
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare(before, after))
+        return
     repo = Path(args.repo).resolve()
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         fx = _fixtures(Path(tmp) / "fixtures")
-        for i, (name, overrides, token) in enumerate(cases(fx)):
+        every = [(c, True) for c in cases(fx)] + [(c, False) for c in go_on_cases(fx)]
+        for i, ((name, overrides, token), must_fail) in enumerate(every):
             record = {"case": name, "overrides": " ".join(overrides), "token": token,
-                      **run_case(repo, Path(tmp) / f"case{i}", overrides, token, args.cache)}
+                      "must_fail": must_fail,
+                      **run_case(repo, Path(tmp) / f"case{i}", overrides, token, args.cache,
+                                 must_fail)}
             records.append(record)
             print(json.dumps(record), flush=True)
-    counts = {v: sum(r["verdict"] == v for r in records) for v in ("clear", "unclear", "silent")}
+    counts = {v: sum(r["verdict"] == v for r in records)
+              for v in ("clear", "unclear", "silent", "warned", "failed")}
+    counts["one_line"] = sum(r["one_line"] for r in records)
     left = sum(r["running_left"] > 0 for r in records)
     print(json.dumps({"repo": str(repo), "cases": len(records), **counts,
                       "cases_leaving_a_run_running": left}))

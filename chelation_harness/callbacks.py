@@ -10,6 +10,7 @@ import atexit
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from chelation import tracking
 from chelation.identity import NOT_IDENTITY, identity
 from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat
+from chelation.signals import exit_with_parent
+from chelation_harness.user_errors import exit_for, release_stderr
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary
@@ -31,18 +34,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"
+SWEEP_PID_ENV = "CHELATION_SWEEP_PID"
 
 
 class MlflowSweepCallback(Callback):
     # the open sweep lives in the module, not on the callback: joblib pickles the callback into
     # its workers, and a heartbeat's thread cannot be pickled
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_stderr()  # the config is composed: Hydra's errors are behind us
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_stderr()
+        # inherited by the workers it starts
+        os.environ[SWEEP_PID_ENV] = f"{os.getpid()}@{socket.gethostname()}"
         if not config.tracking.get("enabled", True):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, experiment = config.tracking.uri, config.tracking.experiment
-        experiment_id = tracking.prepare_store(uri, experiment)
+        try:
+            experiment_id = tracking.prepare_store(uri, experiment)
+        except tracking.TrackingUnavailable as err:  # Hydra would only warn of it
+            exit_for(err)
         tracking.retire_stale_runs(tracking.client(uri), experiment_id)
         overrides = " ".join(config.hydra.overrides.task)
         name = sweep_name(config.hydra.overrides.task)
@@ -56,9 +69,22 @@ class MlflowSweepCallback(Callback):
         atexit.register(_end_sweep, "KILLED")
         log.info("MLflow parent run %s (%r) in experiment %r (%s)", run_id, name, experiment, uri)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # a worker process the sweep's process started (joblib's loky) stops when it dies
+        pid, _, host = os.environ.get(SWEEP_PID_ENV, "").partition("@")
+        if pid and host == socket.gethostname() and int(pid) != os.getpid():
+            exit_with_parent(int(pid))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = sweep_table(config.hydra.sweep.dir)
         summary, browse, sweep = None, "", dict(_open_sweep)
+        store = tracking.sqlite_path(sweep["uri"]) if sweep else None
+        if store is not None and not store.exists():  # said once, not by every call below
+            log.error("the MLflow store %s is gone: this sweep's run and summary are not "
+                      "recorded", sweep["uri"])
+            _open_sweep.clear()
+            sweep["heartbeat"].stop()
+            sweep = {}
         if sweep:
             browse = (f"to browse: mlflow ui --backend-store-uri {sweep['uri']}, then open "
                       f"{tracking.ui_link(sweep['experiment_id'])}")
@@ -66,12 +92,19 @@ class MlflowSweepCallback(Callback):
                 summary = log_sweep_summary(sweep["uri"], config.tracking.experiment,
                                             sweep["run_id"], config.hydra.sweep.dir, table)
             except Exception as err:  # noqa: BLE001 - the table is also on the console
-                log.error("could not log the sweep's summary to MLflow: %s", err)
+                log.error("could not log the sweep's summary to MLflow: %s",
+                          " ".join(str(err).split())[:200])
         _end_sweep("FINISHED")
         if sweep:
             _retire_killed_jobs(sweep["uri"], sweep["experiment_id"])
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
+        untracked = untracked_jobs(config.hydra.sweep.dir)
+        if untracked:
+            log.warning("%d job(s) of this sweep are not in the MLflow store (it stopped "
+                        "answering); their results are on disk: %s; to bring them into a store: "
+                        "chelation-import %s", len(untracked),
+                        ", ".join(str(p) for p in untracked), config.hydra.sweep.dir)
         if summary is not None:
             log.info("%s", summary.line())
         if browse:
@@ -152,16 +185,37 @@ def sweep_table(sweep_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def untracked_jobs(sweep_dir: str | Path) -> list[Path]:
+    """The job folders whose results the tracking store never received (results.json says
+    `untracked`)."""
+    out = []
+    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+        try:
+            if json.loads(path.read_text()).get("untracked"):
+                out.append(path.parent)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 _open_sweep: dict[str, Any] = {}
 
 
 def _end_sweep(status: str) -> None:
+    """End the sweep's parent run; a store that is gone by now is said in one line (also from
+    atexit, where a raise would print a traceback)."""
     if not _open_sweep:
         return
     sweep = dict(_open_sweep)
     _open_sweep.clear()
     sweep["heartbeat"].stop()
-    tracking.end_run(sweep["uri"], sweep["run_id"], status)
+    try:
+        with tracking.errors_reported_by_caller():
+            tracking.end_run(sweep["uri"], sweep["run_id"], status)
+    except Exception as err:  # noqa: BLE001 - the jobs' results are in their folders
+        log.error("could not mark the sweep's run %s %s: the MLflow store %s stopped answering "
+                  "(%s)", sweep["run_id"], status, sweep["uri"],
+                  " ".join(str(err).split())[:200])
 
 
 def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
@@ -170,7 +224,8 @@ def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
     try:
         tracking.retire_stale_runs(tracking.client(uri), experiment_id)
     except Exception as err:  # noqa: BLE001 - the next sweep retires them as well
-        log.error("could not retire the runs of killed jobs: %s", err)
+        log.error("could not retire the runs of killed jobs: %s",
+                  " ".join(str(err).split())[:200])
 
 
 def parent_run_id(sweep_dir: str | Path, target: TrackingTarget | None = None) -> str | None:

@@ -17,6 +17,7 @@ from chelation.job import run_tracked_job
 from chelation.settings import JobConfig, SettingsError
 from chelation_harness.callbacks import parent_run_id
 from chelation_harness.schema import register
+from chelation_harness.user_errors import USER_ERRORS, exit_for, held_stderr, release_stderr
 
 register()
 # An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
@@ -26,6 +27,14 @@ CONF = str(Path(__file__).resolve().parent / "conf")
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """One job; returns its final validation NDCG@10 (what a sweeper may optimise; never test)."""
+    release_stderr()  # the config is composed: Hydra's errors are behind us
+    try:
+        return _job(cfg)
+    except USER_ERRORS as err:  # one line and exit code 2; a bug keeps its traceback
+        exit_for(err)
+
+
+def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     config = job_config(cfg)
@@ -58,5 +67,11 @@ def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def cli() -> None:
+    """The console entry: `main` with Hydra's composition errors said in one line."""
+    with held_stderr():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

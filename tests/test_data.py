@@ -489,6 +489,26 @@ def test_documents_with_no_text_warn_once_with_count_and_ids(caplog) -> None:
         load_beir(Path(__file__).resolve().parents[1].parent / "shared/datasets/cranfield")
     warnings = [r.getMessage() for r in caplog.records if "no title and no text" in r.message]
     assert len(warnings) == 1 and "2 document(s)" in warnings[0] and "471, 995" in warnings[0]
+    assert "corpus.jsonl, lines " in warnings[0]
+
+
+def test_a_corpus_line_without_text_is_named_and_refused_when_strict(tmp_path, caplog) -> None:
+    import logging
+
+    from chelation.data import DatasetError, load_beir
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "d1", "title": "", "text": "wings"}\n{"_id": "d2", "title": "flow"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "wing"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with caplog.at_level(logging.WARNING, logger="chelation.data.beir"):
+        data = load_beir(tmp_path)
+    assert data.corpus["d2"] == "flow"
+    assert any("corpus.jsonl, line 2" in r.getMessage() and '"text"' in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(DatasetError, match="corpus.jsonl, line 2"):
+        load_beir(tmp_path, strict=True)
 
 
 def test_named_synthetic_collections() -> None:

@@ -98,14 +98,19 @@ def test_damaged_files_are_named_dropped_and_healed(tmp_path: Path, damage: str,
     np.testing.assert_array_equal(full.vectors(full.lookup(text_keys(texts))), vectors)
 
 
-def test_unreadable_manifest_starts_afresh_with_a_warning(
+def test_unreadable_manifest_starts_afresh_with_its_files_kept_aside(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _filled(tmp_path)
+    data = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".f32", ".bin")}
+    assert data
     (tmp_path / MANIFEST).write_text('{"format": 1, "dim": 8, "chunks": [[10, ')
     with caplog.at_level(logging.WARNING, logger="chelation.embedding_store"):
         store = EmbeddingStore(tmp_path)
-    assert str(tmp_path / MANIFEST) in caplog.text
+    assert str(tmp_path / MANIFEST) in caplog.text and ".damaged" in caplog.text
     assert len(store) == 0
+    for name, content in data.items():  # set aside as they were, like a damaged chunk's files
+        assert (tmp_path / f"{name}.damaged").read_bytes() == content
+    assert (tmp_path / f"{MANIFEST}.damaged").exists()
     store.append(text_keys(["a"]), _rows(0, 1))
     assert len(EmbeddingStore(tmp_path)) == 1
 

@@ -55,6 +55,7 @@ def test_an_earlier_sibling_of_the_same_sweep_wins(store) -> None:
     mine = _run(client, exp, 200, parent)
     assert not tracking.claim(client, exp, HASH, mine, parent)
     assert _deleted(client, mine)
+    assert _status(client, mine) == "KILLED"  # never RUNNING inside the deleted lifecycle
     assert tracking.claim(client, exp, HASH, earlier, parent)
     assert not _deleted(client, earlier)
 

@@ -77,20 +77,41 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
         yield lineno, doc_id, record
 
 
-def _read_corpus(path: Path) -> dict[str, str]:
+def _read_corpus(path: Path, strict: bool = False) -> dict[str, str]:
+    """Documents as `title text`. A line without a "text" field is said (file and line), or with
+    `strict` refused; a document with neither title nor text is kept and said by line."""
     corpus: dict[str, str] = {}
+    no_text: list[int] = []
+    empty: list[tuple[int, str]] = []
     for lineno, doc_id, record in _read_jsonl(path):
+        if "text" not in record:
+            if strict:
+                raise DatasetError('no "text" field (dataset.strict=true refuses it)', path,
+                                   lineno)
+            no_text.append(lineno)
         title = _string_field(record, "title", path, lineno)
         text = _string_field(record, "text", path, lineno)
         corpus[doc_id] = " ".join(part for part in (title, text) if part)
+        if not corpus[doc_id]:
+            empty.append((lineno, doc_id))
     if not corpus:
         raise DatasetError("no documents", path)
-    empty = [d for d, text in corpus.items() if not text.strip()]
+    if no_text:
+        log.warning('%s, %s: %d document(s) with no "text" field, encoded from their title '
+                    "alone (dataset.strict=true refuses them)", path, _line_list(no_text),
+                    len(no_text))
     if empty:
         # kept (their judgments stay valid), but every model embeds them alike
-        log.warning("%s: %d document(s) with no title and no text: %s", path, len(empty),
-                    ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""))
+        log.warning("%s, %s: %d document(s) with no title and no text, indexed empty (ids %s)",
+                    path, _line_list([n for n, _ in empty]), len(empty),
+                    ", ".join(d for _, d in empty[:20]) + (" ..." if len(empty) > 20 else ""))
     return corpus
+
+
+def _line_list(lines: list[int], shown: int = 20) -> str:
+    """`line 3` / `lines 3, 7, 9 ...`: the lines a warning names."""
+    head = ", ".join(str(n) for n in lines[:shown]) + (" ..." if len(lines) > shown else "")
+    return f"line {head}" if len(lines) == 1 else f"lines {head}"
 
 
 def _read_queries(path: Path) -> dict[str, str]:
@@ -144,13 +165,14 @@ def _read_qrels(
 
 
 def load_beir(folder: str | Path, split: str = "test", name: str | None = None,
-              train_split: str | None = None) -> RetrievalDataset:
+              train_split: str | None = None, strict: bool = False) -> RetrievalDataset:
     """The BEIR collection in `folder` (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`),
     keeping the queries with a positive judgment in `split`; `name` defaults to the folder's name.
     The judged queries of `qrels/<train_split>.tsv`, if given, become `train_query_ids`. A missing
-    or malformed file raises DatasetError naming the file and line."""
+    or malformed file raises DatasetError naming the file and line; with `strict`, so does a
+    corpus line without a "text" field (else a warning names it)."""
     root = Path(folder)
-    corpus = _read_corpus(root / "corpus.jsonl")
+    corpus = _read_corpus(root / "corpus.jsonl", strict)
     queries = _read_queries(root / "queries.jsonl")
     qrels = _read_qrels(root / "qrels" / f"{split}.tsv", corpus, queries)
     dataset = finalise(name or root.resolve().name, corpus, queries, qrels)
