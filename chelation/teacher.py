@@ -10,6 +10,7 @@ import numpy as np
 
 from chelation.encoders import CachedEncoder
 from chelation.kinds import Projection
+from chelation.models import ModelUnavailable
 from chelation.projection import fit_projection, project
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class Teacher:
             return self.encoder.encode(texts)
         except Exception as err:  # noqa: BLE001 - every teacher failure takes the fallback path
             self.failure = f"teacher {self.name!r} failed: {err}"
-            log.warning("%s; the job goes on without it (its `fallback` tag says how)",
-                        self.failure)
+            # a model that is not installed was named when the job started (chelation.job)
+            level = logging.INFO if isinstance(err, ModelUnavailable) else logging.WARNING
+            log.log(level, "%s; the job goes on without it (its `fallback` tag says how)",
+                    self.failure)
             raise TeacherUnavailable(self.failure) from err
 
     def fit(self, corpus_texts: Sequence[str], student_corpus: np.ndarray) -> None:
