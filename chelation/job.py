@@ -13,19 +13,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from chelation import tracking
 from chelation.data import RetrievalDataset, load_beir, load_mteb, make_synthetic_variant
 from chelation.identity import as_mapping, config_label, flatten, identity
 from chelation.kinds import DatasetKind
-from chelation.protocol import CycleRecord, JobResult, run_job
 from chelation.settings import DatasetSpec, JobConfig
 from chelation.signals import signals_interrupt
 from chelation.tracking import PER_QUERY_FILE, Tag
+
+if TYPE_CHECKING:  # torch loads with the protocol, when a job runs (not when it is skipped)
+    from chelation.protocol import CycleRecord, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
               config.dataset.source)
 
+    from chelation.protocol import run_job
+
     per_query_rows: list[tuple[int, str, float]] = []
 
     def on_cycle(record: CycleRecord) -> None:
@@ -188,6 +191,8 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
 
 
 def _save_outputs(summary: JobSummary, result: JobResult, output_dir: Path) -> None:
+    import torch
+
     _write_json(output_dir / RESULTS_FILE, summary.to_json())
     adapters = output_dir / ADAPTERS_FOLDER
     adapters.mkdir(exist_ok=True)

@@ -16,14 +16,16 @@ import time
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 from filelock import FileLock
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
 
 from chelation.run_owner import Heartbeat, owner_alive, owner_tags
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+# mlflow itself (about 2 s of imports) loads with the first client: a job that tracks nothing, or
+# a command that only reads its settings, never imports it
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def with_busy_timeout(uri: str, seconds: int = 60) -> str:
 @functools.cache
 def client(uri: str) -> MlflowClient:
     """One client per store and process: every job of a multirun in this process shares it."""
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(with_busy_timeout(uri))
 
 
@@ -122,6 +126,8 @@ def prepare_store(uri: str, experiment: str) -> str:
 
 
 def _experiment_id(uri: str, experiment: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     found = client(uri).get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -129,7 +135,7 @@ def _experiment_id(uri: str, experiment: str) -> str:
         # the kind MLflow's UI labels the experiment with (3.17 opens views by ui_link's switch)
         return client(uri).create_experiment(experiment,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         # created by a store that takes no lock (a server) between our lookup and create
         return client(uri).get_experiment_by_name(experiment).experiment_id
 
@@ -183,6 +189,8 @@ class JobRun:
 
     def __init__(self, uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                  tags: Mapping[str, str], parent_run_id: str | None = None):
+        from mlflow.entities import Param
+
         self.client = client(uri)
         all_tags = {ROLE_TAG: "job", **owner_tags(), **tags}
         if parent_run_id:
@@ -196,6 +204,8 @@ class JobRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Finite values only (NaN means 'not applicable this cycle')."""
+        from mlflow.entities import Metric
+
         ts = _now_ms()
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
@@ -203,6 +213,8 @@ class JobRun:
             self.client.log_batch(self.run_id, metrics=items[i:i + _BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
@@ -210,6 +222,8 @@ class JobRun:
 
     def log_dataset(self, name: str, digest: str, source: str) -> None:
         """The collection the job ran on, as an MLflow dataset input (name, digest, source)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
         dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(
             "mlflow.data.context", "evaluation")])])
@@ -218,6 +232,8 @@ class JobRun:
         self._heartbeat.stop()
 
     def finish(self, status: str = "FINISHED") -> None:
+        from mlflow.entities import RunStatus
+
         self._heartbeat.stop()
         self.client.set_terminated(self.run_id, RunStatus.to_string(
             RunStatus.from_string(status)))
