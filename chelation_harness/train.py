@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import hydra
@@ -38,13 +39,18 @@ def main(cfg: DictConfig) -> float | None:
 def job_config(cfg: DictConfig) -> JobConfig:
     """The typed, range-checked job config; a bad value or a key the schema lacks raises naming
     it."""
-    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
-                           OmegaConf.to_container(OmegaConf.structured(JobConfig)))
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), _schema_keys())
     if unknown:
         raise SettingsError(f"unknown setting(s) {unknown}: the schema (JobConfig in "
                             "chelation/settings.py) has no such key; check the spelling "
                             "(a key added with '+' is checked like any other)")
     return OmegaConf.to_object(cfg)
+
+
+@functools.cache
+def _schema_keys() -> dict:
+    """The schema's keys as a nested dict (built once per process: every job of a sweep asks)."""
+    return OmegaConf.to_container(OmegaConf.structured(JobConfig))
 
 
 def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
