@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from chelation.job import run_tracked_job
 from chelation.settings import JobConfig, SettingsError
 from chelation_harness.callbacks import parent_run_id
-from chelation_harness.schema import register
+from chelation_harness.schema import register, schema_keys
 
 register()
 # An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
@@ -39,18 +38,12 @@ def main(cfg: DictConfig) -> float | None:
 def job_config(cfg: DictConfig) -> JobConfig:
     """The typed, range-checked job config; a bad value or a key the schema lacks raises naming
     it."""
-    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), _schema_keys())
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema_keys())
     if unknown:
         raise SettingsError(f"unknown setting(s) {unknown}: the schema (JobConfig in "
                             "chelation/settings.py) has no such key; check the spelling "
                             "(a key added with '+' is checked like any other)")
     return OmegaConf.to_object(cfg)
-
-
-@functools.cache
-def _schema_keys() -> dict:
-    """The schema's keys as a nested dict (built once per process: every job of a sweep asks)."""
-    return OmegaConf.to_container(OmegaConf.structured(JobConfig))
 
 
 def unknown_keys(given: dict, schema: dict, prefix: str = "") -> list[str]:
