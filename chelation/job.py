@@ -123,8 +123,6 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
               config.dataset.source)
 
-    from chelation.protocol import run_job
-
     per_query_rows: list[tuple[int, str, float]] = []
 
     def on_cycle(record: CycleRecord) -> None:
@@ -138,6 +136,10 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
 
     try:
         with signals_interrupt():
+            # torch loads with the protocol: only for a job that runs, and after the signal
+            # handlers, so a job stopped while it loads is marked KILLED like one stopped later
+            from chelation.protocol import run_job
+
             result = run_job(dataset, config, on_cycle=on_cycle,
                              show_progress=config.show_progress)
     except BaseException as err:
