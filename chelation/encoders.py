@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from chelation.cpu import cpu_name, native_bfloat16
 from chelation.embedding_store import EmbeddingStore, text_keys
 from chelation.kinds import Precision
 from chelation.models import load_model, model_fingerprint, resolve_model
@@ -20,6 +21,14 @@ from chelation.settings import DEFAULT_PRECISION
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256  # texts per committed chunk: the most an interrupted encode can lose
+
+
+def effective_precision(requested: str, force: bool = False) -> str:
+    """The precision an encoder runs in: bfloat16 only on a CPU that has it in hardware (emulated,
+    it is several times slower than float32), unless `force`d; float32 otherwise."""
+    if requested == Precision.BFLOAT16 and not force and not native_bfloat16():
+        return Precision.FLOAT32.value
+    return requested
 
 
 class CachedEncoder:
@@ -34,19 +43,31 @@ class CachedEncoder:
         max_seq_length: int | None = None,
         show_progress: bool = True,
         precision: str = DEFAULT_PRECISION,
+        force_precision: bool = False,
     ):
         self.name = model
         self.resolved = resolve_model(model)
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.precision = precision
+        self.requested_precision = precision
+        # what it runs in, which also names its cache: a fallback to float32 reads float32's
+        self.precision = effective_precision(precision, force_precision)
+        if self.precision_fell_back:
+            log.warning("%s: %s asked, but this CPU (%s) has no native bfloat16 (AVX-512 BF16 or "
+                        "AMX): encoding in float32 instead (force_precision=true forces it)",
+                        model, precision, cpu_name())
         self.fingerprint = model_fingerprint(self.resolved, max_seq_length, display_name=model,
-                                             precision=precision)
+                                             precision=self.precision)
         self.cache = EmbeddingStore(Path(cache_dir).expanduser() / self.fingerprint)
         self.n_encoded = 0
         self.n_cached = 0
         self.encode_seconds = 0.0
+
+    @property
+    def precision_fell_back(self) -> bool:
+        """The precision asked for is not the one it runs in (see effective_precision)."""
+        return self.precision != self.requested_precision
 
     def model(self):  # -> SentenceTransformer
         """The model itself (loaded once per process), for work the cache cannot serve."""

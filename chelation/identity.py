@@ -67,6 +67,9 @@ def identity(config: RunSettings | Mapping[str, Any]) -> tuple[str, str]:
         if config.get(part, {}).get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION:
             # the default; keeps the identity of runs made before precision was a choice
             exclude = exclude + (f"{part}.precision",)
+        if not config.get(part, {}).get("force_precision", False):
+            # the default: bfloat16 where the CPU has it; keeps the identity of earlier runs
+            exclude = exclude + (f"{part}.force_precision",)
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from chelation import resume, tracking
@@ -25,10 +24,12 @@ from chelation.engine import check_engine
 from chelation.identity import as_mapping, config_label, flatten, identity
 from chelation.kinds import DatasetKind, Fallback, Protocol
 from chelation.models import INSTALL_COMMAND, ModelUnavailable, locate_model
-from chelation.protocol import CycleRecord, JobResult, run_job
 from chelation.settings import DatasetSpec, JobConfig, SettingsError
 from chelation.signals import signals_interrupt
 from chelation.tracking import PER_QUERY_FILE, Tag
+
+if TYPE_CHECKING:  # torch loads with the protocol, when a job runs (not when it is skipped)
+    from chelation.protocol import CycleRecord, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         try:
             with tracking.errors_reported_by_caller() if parent_run_id else nullcontext():
                 run = _open_run(config, as_dict, summary, parent_run_id)
-        except tracking.STORE_ERRORS as err:
+        except tracking.store_errors() as err:
             if parent_run_id is None:  # a single job: the store is the user's to fix
                 raise
             # mid-sweep the store was there when the sweep began: the job goes on without it
@@ -153,6 +154,10 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
 
     try:
         with signals_interrupt():
+            # torch loads with the protocol: only for a job that runs, and after the signal
+            # handlers, so a job stopped while it loads is marked KILLED like one stopped later
+            from chelation.protocol import run_job
+
             result = run_job(dataset, config, on_cycle=on_cycle,
                              show_progress=config.show_progress)
     except BaseException as err:
@@ -263,6 +268,8 @@ def _models_ready(config: JobConfig) -> bool:
 
 
 def _save_outputs(summary: JobSummary, result: JobResult, output_dir: Path) -> None:
+    import torch
+
     _write_json(output_dir / RESULTS_FILE, summary.to_json())
     adapters = output_dir / ADAPTERS_FOLDER
     adapters.mkdir(exist_ok=True)

@@ -124,7 +124,8 @@ def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher 
         return None
     encoder = CachedEncoder(settings.teacher.model, settings.cache_dir,
                             batch_size=settings.teacher.batch_size, show_progress=show_progress,
-                            precision=settings.teacher.precision)
+                            precision=settings.teacher.precision,
+                            force_precision=settings.teacher.force_precision)
     return Teacher(encoder, settings.teacher.projection)
 
 
@@ -140,10 +141,15 @@ def run_job(
     student = CachedEncoder(settings.student.model, settings.cache_dir,
                             batch_size=settings.student.batch_size,
                             max_seq_length=settings.student.max_seq_length,
-                            show_progress=show_progress, precision=settings.student.precision)
+                            show_progress=show_progress, precision=settings.student.precision,
+                            force_precision=settings.student.force_precision)
     encoded = encode_dataset(dataset, student)
     teacher = build_teacher(settings, show_progress)
     result = run_encoded(encoded, settings, teacher, student, on_cycle, show_progress)
+    # bfloat16 asked on a CPU without it: the run says it encoded in float32
+    result.fallbacks.extend(f"{role}_{encoder.precision}" for role, encoder
+                            in (("student", student), ("teacher", teacher and teacher.encoder))
+                            if encoder is not None and encoder.precision_fell_back)
     if teacher is not None:
         result.n_encoded += teacher.encoder.n_encoded
         result.teacher_encode_time_s = teacher.encoder.encode_seconds

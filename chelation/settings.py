@@ -47,6 +47,9 @@ class EncoderSettings:
     batch_size: int = 64
     max_seq_length: int | None = None
     precision: str = DEFAULT_PRECISION  # bfloat16: CPU autocast (part of the cache key)
+    # bfloat16 runs only on a CPU with native bfloat16 (else float32, recorded as a fallback);
+    # true forces it anyway
+    force_precision: bool = False
 
     def validate(self, prefix: str = "student") -> None:
         _require(bool(self.model), f"{prefix}.model", self.model, "a model id or path")
@@ -63,6 +66,7 @@ class TeacherSettings:
     batch_size: int = 8  # teachers are large: small batches bound the encoding's peak memory
     projection: str = Projection.PROCRUSTES.value
     precision: str = DEFAULT_PRECISION
+    force_precision: bool = False  # as the student's
 
     def validate(self, prefix: str = "teacher") -> None:
         _require_kind(Projection, f"{prefix}.projection", self.projection)

@@ -17,16 +17,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-import sqlalchemy.exc
 from filelock import FileLock
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
 
 from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat, owner_alive, owner_tags
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+# mlflow itself (about 2 s of imports) loads with the first client: a job that tracks nothing, or
+# a command that only reads its settings, never imports it
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def with_busy_timeout(uri: str, seconds: int = 60) -> str:
 @functools.cache
 def client(uri: str) -> MlflowClient:
     """One client per store and process: every job of a multirun in this process shares it."""
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(with_busy_timeout(uri))
 
 
@@ -94,9 +97,13 @@ class TrackingUnavailable(RuntimeError):
     """The store named by `tracking.uri` cannot be opened or created."""
 
 
-# what a store that is gone or stops answering raises (a server's connection errors are OSErrors)
-STORE_ERRORS = (TrackingUnavailable, mlflow.exceptions.MlflowException, OSError,
-                sqlalchemy.exc.SQLAlchemyError)
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a store that is gone or stops answering raises (a server's connection errors are
+    OSErrors); asked only once a store was opened, so mlflow is imported already."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    return (TrackingUnavailable, MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError)
 
 
 @contextmanager
@@ -144,6 +151,8 @@ def prepare_store(uri: str, experiment: str) -> str:
 
 
 def _experiment_id(uri: str, experiment: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     found = client(uri).get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -151,7 +160,7 @@ def _experiment_id(uri: str, experiment: str) -> str:
         # the kind MLflow's UI labels the experiment with (3.17 opens views by ui_link's switch)
         return client(uri).create_experiment(experiment,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         # created by a store that takes no lock (a server) between our lookup and create
         return client(uri).get_experiment_by_name(experiment).experiment_id
 
@@ -204,6 +213,8 @@ class JobRun:
 
     def __init__(self, uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                  tags: Mapping[str, str], parent_run_id: str | None = None):
+        from mlflow.entities import Param
+
         self.client = client(uri)
         all_tags = {ROLE_TAG: "job", **owner_tags(), **tags}
         if parent_run_id:
@@ -217,6 +228,8 @@ class JobRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Finite values only (NaN means 'not applicable this cycle')."""
+        from mlflow.entities import Metric
+
         ts = _now_ms()
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
@@ -224,6 +237,8 @@ class JobRun:
             self.client.log_batch(self.run_id, metrics=items[i:i + _BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
@@ -231,6 +246,8 @@ class JobRun:
 
     def log_dataset(self, name: str, digest: str, source: str) -> None:
         """The collection the job ran on, as an MLflow dataset input (name, digest, source)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
         dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(
             "mlflow.data.context", "evaluation")])])
@@ -244,6 +261,8 @@ class JobRun:
         self._heartbeat.stop()
 
     def finish(self, status: str = "FINISHED") -> None:
+        from mlflow.entities import RunStatus
+
         self._heartbeat.stop()
         self.client.set_terminated(self.run_id, RunStatus.to_string(
             RunStatus.from_string(status)))

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, RunTag
 from omegaconf import DictConfig
 
 from chelation import tracking
@@ -116,6 +115,8 @@ def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | P
     """Log on the parent run the table of the sweep's jobs (`sweep_table.txt`) and its summary
     (`chelation.analysis.sweep`): the configuration chosen on validation as tags, its test
     NDCG@10 and interval as metrics."""
+    from mlflow.entities import Metric, RunTag
+
     from chelation.analysis.sweep import sweep_summary  # scipy: only once the sweep is over
 
     # a progress bar per downloaded per-query table would bury the summary on the console

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from chelation.job import run_tracked_job
 from chelation.settings import JobConfig, SettingsError
 from chelation_harness.callbacks import parent_run_id
-from chelation_harness.schema import register
+from chelation_harness.schema import register, schema_keys
 from chelation_harness.user_errors import USER_ERRORS, exit_for, held_stderr, release_stderr
 
 register()
@@ -47,8 +47,7 @@ def _job(cfg: DictConfig) -> float | None:
 def job_config(cfg: DictConfig) -> JobConfig:
     """The typed, range-checked job config; a bad value or a key the schema lacks raises naming
     it."""
-    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False),
-                           OmegaConf.to_container(OmegaConf.structured(JobConfig)))
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema_keys())
     if unknown:
         raise SettingsError(f"unknown setting(s) {unknown}: the schema (JobConfig in "
                             "chelation/settings.py) has no such key; check the spelling "

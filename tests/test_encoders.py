@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from chelation import cpu
+from chelation.cpu import BF16_ENV, native_bfloat16
 from chelation.encoders import CachedEncoder
 from chelation.models import ModelUnavailable, load_model, model_fingerprint, resolve_model
 from chelation.teacher import Teacher, TeacherUnavailable
@@ -153,7 +156,9 @@ def test_teacher_failures_become_teacher_unavailable(tmp_path: Path) -> None:
 
 def test_bfloat16_encoding_is_cached_apart_and_close_to_float32(tmp_path: Path) -> None:
     full = CachedEncoder(MINILM, tmp_path, show_progress=False)
-    half = CachedEncoder(MINILM, tmp_path, show_progress=False, precision="bfloat16")
+    # forced: the test is of bfloat16 encoding itself, on whatever CPU runs it
+    half = CachedEncoder(MINILM, tmp_path, show_progress=False, precision="bfloat16",
+                         force_precision=True)
     assert half.fingerprint != full.fingerprint
     # float32 keys as before precision was a choice: caches made then stay valid
     assert full.fingerprint == model_fingerprint(resolve_model(MINILM), display_name=MINILM)
@@ -162,3 +167,77 @@ def test_bfloat16_encoding_is_cached_apart_and_close_to_float32(tmp_path: Path) 
     cosines = np.sum(a * b, axis=1)
     assert cosines.min() > 0.99
     assert not np.array_equal(a, b)  # autocast did run in bfloat16
+
+
+def test_bfloat16_on_a_cpu_without_it_encodes_in_float32_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """This machine has AVX-512 BF16; a CPU without it is what CHELATION_CPU_BF16=0 declares."""
+    full = CachedEncoder(MINILM, tmp_path / "full", show_progress=False)
+    expected = full.encode(TEXTS)
+    monkeypatch.setenv(BF16_ENV, "0")
+    assert not native_bfloat16()
+    with caplog.at_level(logging.WARNING, logger="chelation.encoders"):
+        asked = CachedEncoder(MINILM, tmp_path / "asked", show_progress=False,
+                              precision="bfloat16")
+    assert asked.requested_precision == "bfloat16" and asked.precision == "float32"
+    assert asked.precision_fell_back
+    assert asked.fingerprint == full.fingerprint  # float32's store, float32's vectors
+    assert "no native bfloat16" in caplog.text and "float32" in caplog.text
+    np.testing.assert_array_equal(asked.encode(TEXTS), expected)
+    assert asked.n_encoded == len(TEXTS)  # really encoded (a store of its own), in float32
+    forced = CachedEncoder(MINILM, tmp_path / "forced", show_progress=False,
+                           precision="bfloat16", force_precision=True)
+    assert forced.precision == "bfloat16" and not forced.precision_fell_back
+    assert not np.array_equal(forced.encode(TEXTS), expected)  # autocast did run
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu, "_CPUINFO", info)
+    for flags, native in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True),
+                          ("fpu amx_bf16 amx_tile", True)):
+        info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                        f"processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512_bf16\n")
+        cpu._cpuinfo.cache_clear()
+        assert native_bfloat16() is native, flags
+        assert cpu.cpu_name().startswith("Some CPU x")
+    monkeypatch.setenv(BF16_ENV, "1")
+    assert native_bfloat16()
+    cpu._cpuinfo.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_job_asked_for_bfloat16_on_a_cpu_without_it_says_so_and_runs_in_float32(
+        tmp_path: Path) -> None:
+    """A real job in its own process, on a CPU declared without native bfloat16: one line says
+    so, the run records the fallback, and its identity is that of the configuration asked for."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from chelation.identity import identity
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, BF16_ENV: "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "chelation_harness.train", "mode=frozen", "cycles=1",
+         "student.precision=bfloat16", "query_cost_sample=0", "show_progress=false",
+         f"cache_dir={os.environ['CHELATION_TEST_CACHE']}",
+         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/job"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    said = [line for line in output.splitlines() if "no native bfloat16" in line]
+    assert len(said) == 1 and "encoding in float32" in said[0], output[-3000:]
+    result = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert result["fallback"] == "student_float32"
+    config = yaml.safe_load((tmp_path / "job" / "config.yaml").read_text())
+    assert config["student"]["precision"] == "bfloat16"
+    assert result["config_hash"] == identity(config)[0]
+    assert "bfloat16" in result["config_label"]

@@ -123,6 +123,11 @@ def test_precision_enters_the_hash_only_off_its_default(part: str) -> None:
     assert config[part].get("precision", "float32") == "float32"
     assert not _changes_hash(config, f"{part}.precision", "float32")
     assert _changes_hash(config, f"{part}.precision", "bfloat16")
+    # forcing bfloat16 on a CPU without it is off by default and leaves earlier hashes alone
+    assert config[part].get("force_precision", False) is False
+    assert not _changes_hash(config, f"{part}.force_precision", False)
+    assert _changes_hash(_with(config, f"{part}.precision", "bfloat16"),
+                         f"{part}.force_precision", True)
 
 
 def test_the_mode_type_says_what_each_mode_needs() -> None:

@@ -156,6 +156,24 @@ def test_procrustes_768_to_384_has_orthonormal_columns_and_recovers_map() -> Non
     np.testing.assert_allclose(p2.T @ p2, np.eye(384), atol=1e-4)
 
 
+def test_a_projection_is_fitted_once_per_process_for_the_same_embeddings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from chelation import projection
+
+    rng = np.random.default_rng(8)
+    teacher, student = (rng.normal(size=(60, 8)).astype(np.float32) for _ in range(2))
+    calls = []
+    monkeypatch.setitem(projection.PROJECTIONS, "procrustes",
+                        lambda t, s: calls.append(1) or fit_procrustes(t, s))
+    first = fit_projection("procrustes", teacher, student)
+    first[0, 0] = 99.0  # a caller's copy: the kept fit is untouched
+    again = fit_projection("procrustes", teacher.copy(), student.copy())
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again, fit_procrustes(teacher, student))
+    fit_projection("procrustes", teacher, student[::-1].copy())  # other embeddings: fitted
+    assert len(calls) == 2
+
+
 def test_least_squares_recovers_linear_map_that_procrustes_cannot() -> None:
     rng = np.random.default_rng(6)
     m = rng.normal(size=(8, 4))

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -40,8 +41,11 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> int:
 
 
 def _runs(tmp: Path, experiment: str, role: str = "job", status: str | None = None) -> list:
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    exp = client.get_experiment_by_name(experiment)
+    # under the store's lock, as a job opens it: a poller that opened a fresh store beside the
+    # job's first open would run MLflow's migrations at the same time ("table ... already exists")
+    with FileLock(f"{tmp}/mlflow.db.lock", timeout=300):
+        client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+        exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     runs = client.search_runs([exp.experiment_id])
