@@ -187,9 +187,8 @@ def _reference_for(df: pd.DataFrame, group: pd.DataFrame, reference_group: str |
         return reference_group, df[df["group_hash"] == reference_group]
     best = _frozen_group(df, group, _CONTEXT)
     own = first_value(group, "group_hash")
-    if best == own:
-        study = _frozen_group(df, df[df["student"] == df["student"].mode().iloc[0]]
-                              if df["student"].notna().any() else df, _CONTEXT)
+    if best == own and "student" in df and df["student"].notna().any():
+        study = _frozen_group(df, df[df["student"] == df["student"].mode().iloc[0]], _CONTEXT)
         best = study if study is not None else best
     if best is None:
         return None, None
