@@ -218,3 +218,20 @@ def test_the_legend_lists_only_keys_that_apply_and_differ():
     assert legend.loc["g5", "differs"] == "index.document_weight=0.5"
     assert legend.loc["g10", "differs"] == "index.document_weight=1"
     assert legend.loc["g0", "differs"] == ""
+
+
+def test_a_single_frozen_configuration_chooses_nothing_and_is_not_compared_with_itself():
+    runs, per_query = _frozen_only_runs()
+    teacher_runs = runs[runs["group_hash"] == "gT"]
+    rows = per_query[per_query["group_hash"] == "gT"].assign(
+        fold=lambda f: f["query_id"].map({q: fold for fold, qs in FOLDS.items() for q in qs}))
+    selection = pd.concat([rows.assign(fold=f) for f in FOLDS])
+    selection = selection[[q not in FOLDS[f] for q, f in
+                           zip(selection["query_id"], selection["fold"], strict=True)]]
+    result, answer = ca.study_answer(teacher_runs, rows, selection)
+    assert result.nothing_to_choose and "diff" not in answer
+    assert answer["ndcg_mean"] == pytest.approx(rows.groupby("query_id")["ndcg_at_10"].mean()
+                                                .mean())
+    text = ca.results_markdown(ca.compare_to_reference(rows), answer)
+    assert "nothing to choose among" in text and "no other reference" in text
+    assert "regret" not in text

@@ -254,7 +254,12 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
         return None, {"why": "no configuration had selection scores for any fold"}
     reference = frozen_student_group(runs)
     label = dict(zip(runs["group_hash"], runs["config_label"], strict=False))
-    if reference is not None:
+    if result.nothing_to_choose and set(result.candidates) <= {reference} | set(
+            runs.loc[runs["mode"] == Mode.FROZEN, "group_hash"]):
+        # one frozen configuration (a teacher run as its own retriever, say): nothing to
+        # choose and nothing to compare it with but itself
+        ref_rows, ref_label = None, None
+    elif reference is not None:
         ref_rows, ref_label = _final_rows(per_query, reference), label.get(reference)
     else:
         ref_rows, ref_label = _cycle_zero_of(per_query, result), "cycle 0 (same runs)"

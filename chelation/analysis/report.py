@@ -172,6 +172,8 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
     if answer.get("nothing_to_choose"):
         text = (f"One configuration (`{answer.get('modal_choice', '')}`): nothing to choose "
                 f"among. Its {figure}.")
+        if "diff" not in answer:
+            text += " It is frozen and the study has no other reference to compare it with."
     else:
         label, agreeing, cells = (answer["modal_choice"], answer["agreeing"],
                                   answer["n_choices"])

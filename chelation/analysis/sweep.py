@@ -129,8 +129,11 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
             out.tags["sweep_chosen_diff_p_seeds"] = "deterministic: seeds do not vary"
         else:
             out.metrics["sweep_chosen_diff_p_seeds"] = answer["p_seeds"]
-    elif answer.get("reference") is None and result.nothing_to_choose is False:
-        out.tags["sweep_chosen_reference"] = "none: no frozen student in this sweep"
+    elif result.nothing_to_choose:
+        out.tags["sweep_chosen_reference"] = ("none: the sweep's one configuration is frozen, "
+                                              "its own reference")
+    else:
+        out.tags["sweep_chosen_reference"] = "none: no reference in this sweep"
     out.metrics = {k: float(v) for k, v in out.metrics.items() if math.isfinite(float(v))}
     return out
 
