@@ -45,16 +45,25 @@ def as_mapping(config: RunSettings | Mapping[str, Any]) -> dict[str, Any]:
 def identity(config: RunSettings | Mapping[str, Any]) -> tuple[str, str]:
     """(config_hash, group_hash): the job's identity, and the same without the seed."""
     config = as_mapping(config)
+    exclude = excluded_keys(config)
+    index = IndexSettings(**config.get("index", {}))
+    if index.document_weight > 0:
+        config = {**config, "index_document_weight": index.document_weight}
+    return config_hash(config, exclude), config_hash(config, exclude + ("seed",))
+
+
+def excluded_keys(config: RunSettings | Mapping[str, Any]) -> tuple[str, ...]:
+    """The dotted key prefixes that do not enter a configuration's identity: bookkeeping, keys
+    its mode ignores, and settings that do not apply to it (the documents enter as one number,
+    the teacher's share, added by `identity` where it is above 0)."""
+    config = as_mapping(config)
     mode = Mode(config["training"]["mode"])
     exclude = NOT_IDENTITY + mode.ignored_keys
     index = IndexSettings(**config.get("index", {}))
-    # the documents enter as the teacher's share (so `student` is a blend at 0) and, where the
-    # teacher has a share, its fit; at 0 nothing enters, so earlier runs keep their identity
     exclude = exclude + ("index.documents", "index.teacher_weight")
     if index.document_weight > 0:
         # the teacher makes the documents even where the mode trains on no teacher targets
         exclude = tuple(k for k in exclude if k != "teacher.")
-        config = {**config, "index_document_weight": index.document_weight}
     else:
         exclude = exclude + ("index.fit_queries",)
     if not mode.trains:
@@ -73,7 +82,7 @@ def identity(config: RunSettings | Mapping[str, Any]) -> tuple[str, str]:
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)
-    return config_hash(config, exclude), config_hash(config, exclude + ("seed",))
+    return exclude
 
 
 def _model_name(model: str) -> str:

@@ -26,7 +26,7 @@ from chelation.kinds import DatasetKind, Fallback, Protocol
 from chelation.models import INSTALL_COMMAND, ModelUnavailable, locate_model
 from chelation.settings import DatasetSpec, JobConfig, SettingsError
 from chelation.signals import signals_interrupt
-from chelation.tracking import PER_QUERY_FILE, Tag
+from chelation.tracking import PER_QUERY_FILE, SELECTION_FILE, Tag
 
 if TYPE_CHECKING:  # torch loads with the protocol, when a job runs (not when it is skipped)
     from chelation.protocol import CycleRecord, JobResult
@@ -141,14 +141,20 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
             track(run.log_dataset, dataset.name, dataset_digest(config.dataset),
                   config.dataset.source)
 
-    per_query_rows: list[tuple[int, str, float]] = []
+    per_query_rows: list[tuple[int, str, float, int]] = []
+    selection_rows: list[tuple[int, int, str, float]] = []
 
     def on_cycle(record: CycleRecord) -> None:
-        per_query_rows.extend((record.cycle, q, s) for q, s in sorted(record.per_query.items()))
+        per_query_rows.extend((record.cycle, q, s, record.test_fold.get(q, -1))
+                              for q, s in sorted(record.per_query.items()))
+        selection_rows.extend((record.cycle, fold, q, s)
+                              for fold, scores in sorted(record.selection.items())
+                              for q, s in sorted(scores.items()))
         summary.cycles.append({"cycle": record.cycle, "fallback": record.fallback,
                                **_finite(record.metrics())})
         _write_json(output_dir / RESULTS_FILE, summary.to_json())
         tracking.write_per_query_table(output_dir / PER_QUERY_FILE, per_query_rows)
+        tracking.write_selection_table(output_dir / SELECTION_FILE, selection_rows)
         if run is not None:
             track(run.log_metrics, record.metrics(), record.cycle)
 
@@ -172,7 +178,7 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         track(run.set_tags, {Tag.FALLBACK: result.fallback})
         if summary.rerun_of and not Fallback.degraded(result.fallback):
             track(run.supersede, summary.rerun_of["run_id"])
-        for name in (CONFIG_FILE, PER_QUERY_FILE, RESULTS_FILE):
+        for name in (CONFIG_FILE, PER_QUERY_FILE, SELECTION_FILE, RESULTS_FILE):
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, output_dir / ADAPTERS_FOLDER)
         track(run.finish, "FINISHED")

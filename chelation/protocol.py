@@ -44,6 +44,11 @@ class CycleRecord:
     recall_at_100: float
     val_ndcg_at_10: float
     per_query: dict[str, float]
+    # each test query's fold, and per fold the per-query scores a fold may choose a
+    # configuration on (never one of its test queries): its validation slice for a mode that
+    # trains, all of its training-side queries for one that does not
+    test_fold: dict[str, int] = field(default_factory=dict)
+    selection: dict[int, dict[str, float]] = field(default_factory=dict)
     query_time_s: float = 0.0
     sediment_time_s: float = 0.0
     index_time_s: float = 0.0
@@ -58,7 +63,7 @@ class CycleRecord:
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics, by name, for a tracker."""
-        skip = {"cycle", "per_query", "fallback"}
+        skip = {"cycle", "per_query", "fallback", "test_fold", "selection"}
         return {k: float(v) for k, v in asdict(self).items() if k not in skip}
 
 
@@ -249,18 +254,29 @@ def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
     per_query: dict[str, float] = {}
     recalls: list[float] = []
     vals: list[float] = []
-    for r, f in zip(retrievers, folds, strict=True):
+    for i, (r, f) in enumerate(zip(retrievers, folds, strict=True)):
         ev = r.evaluate(f.test)
         per_query.update(ev.per_query)
+        record.test_fold.update(dict.fromkeys(ev.per_query, i))
         recalls.extend([ev.recall_at_100] * len(f.test))
         record.eval_time_s += ev.seconds
         if f.val:
             vals.append(r.validation_ndcg())
+        record.selection[i] = _selection_scores(r, f)
     record.per_query = per_query
     record.ndcg_at_10, record.ndcg_at_10_std = mean_and_std(list(per_query.values()))
     record.recall_at_100 = float(np.mean(recalls)) if recalls else float("nan")
     record.val_ndcg_at_10 = float(np.mean(vals)) if vals else float("nan")
     return record
+
+
+def _selection_scores(retriever: ChelatedRetriever, fold: Fold) -> dict[str, float]:
+    """What the fold may choose a configuration on: a trained model only on its validation
+    slice (its fit queries trained it); an untrained one on every training-side query, which
+    costs one search each and is never a test query of the fold."""
+    if retriever.mode.trains:
+        return retriever.validation_scores()
+    return retriever.evaluate([*fold.fit, *fold.val]).per_query
 
 
 def _cycle_zero(retrievers, folds) -> CycleRecord:

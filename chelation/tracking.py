@@ -35,8 +35,10 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 ROLE_TAG = "chelation.role"
 _BATCH = 100
-# (cycle, query_id, ndcg_at_10) per job: what the analysis pairs configurations on
+# (cycle, query_id, ndcg_at_10, fold) per job: what the analysis pairs configurations on
 PER_QUERY_FILE = "per_query_ndcg.csv"
+# per fold, the per-query scores a fold may choose a configuration on (never its test queries)
+SELECTION_FILE = "selection_ndcg.csv"
 
 
 class Tag(StrEnum):
@@ -268,12 +270,26 @@ class JobRun:
             RunStatus.from_string(status)))
 
 
-def write_per_query_table(path: str | Path, rows: list[tuple[int, str, float]]) -> Path:
-    """CSV of (cycle, query_id, ndcg_at_10): what the analysis pairs configurations on."""
+def write_per_query_table(path: str | Path, rows: list[tuple[int, str, float]]
+                          | list[tuple[int, str, float, int]]) -> Path:
+    """CSV of (cycle, query_id, ndcg_at_10[, fold]): what the analysis pairs configurations on,
+    each test query with the fold that tested it."""
+    path = Path(path)
+    head = ["cycle", "query_id", "ndcg_at_10"]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(head + ["fold"] if rows and len(rows[0]) > 3 else head)
+        writer.writerows(rows)
+    return path
+
+
+def write_selection_table(path: str | Path, rows: list[tuple[int, int, str, float]]) -> Path:
+    """CSV of (cycle, fold, query_id, ndcg_at_10): per fold, the training-side queries that fold
+    may choose a configuration on (the analysis's nested selection reads only these)."""
     path = Path(path)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["cycle", "query_id", "ndcg_at_10"])
+        writer.writerow(["cycle", "fold", "query_id", "ndcg_at_10"])
         writer.writerows(rows)
     return path
 

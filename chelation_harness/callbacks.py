@@ -113,8 +113,9 @@ class MlflowSweepCallback(Callback):
 def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,
                       table: str) -> SweepSummary:
     """Log on the parent run the table of the sweep's jobs (`sweep_table.txt`) and its summary
-    (`chelation.analysis.sweep`): the configuration chosen on validation as tags, its test
-    NDCG@10 and interval as metrics."""
+    (`chelation.analysis.sweep`): the configuration each fold chose on its training-side
+    queries, their agreement as tags; the procedure's pooled test NDCG@10, interval, difference
+    from the frozen student with its p-value, and regret as metrics."""
     from mlflow.entities import Metric, RunTag
 
     from chelation.analysis.sweep import sweep_summary  # scipy: only once the sweep is over

@@ -168,7 +168,8 @@ def test_compare_to_reference_on_known_shifts(toy_per_query):
     assert hyb["diff_vs_frozen"] == pytest.approx(0.1)
     assert hyb["ratio_to_frozen"] == pytest.approx(0.6 / 0.5)
     assert hyb["p_ttest"] < 1e-6 and hyb["p_wilcoxon"] < 0.01
-    assert hyb["p_seeds"] == 0.0  # the same shift on both seeds
+    # the same shift on both seeds: no spread to test, so no p-value (never "significant")
+    assert math.isnan(hyb["p_seeds"]) and hyb["seeds_deterministic"]
     assert hyb["reference"] == "frozen/minilm"
     assert base["diff_vs_frozen"] == pytest.approx(0.0, abs=1e-12)
     assert base["p_ttest"] > 0.5 and base["p_holm"] >= base["p_ttest"]
@@ -329,22 +330,31 @@ def test_results_markdown_is_honest_when_nothing_is_significant(toy_per_query):
     assert "on this collection only effects larger than the MDE can be significant" in text
     assert f"{table.iloc[1]['mde_80']:.4f}" in text
     assert "Every configuration stays >= 0.97 x its reference" in text
-    assert "none was chosen" in text
+    assert "Nothing was chosen" in text
 
 
 def test_results_markdown_reports_significance_selection_and_floor(toy_per_query):
     worse = toy_per_query.copy()
     worse.loc[worse["group_hash"] == "B", "ndcg_at_10"] *= 0.9
     table = ca.compare_to_reference(worse)
-    choice = {"group_hash": "H", "config_label": "hybrid/mpnet/constant:0.5/procrustes",
-              "mode": "hybrid", "metric": "val_ndcg_at_10", "val_mean": 0.61, "n_seeds": 2,
-              "n_candidates": 1}
-    text = ca.results_markdown(table, choice)
-    hyb = table.set_index("group_hash").loc["H"]
+    answer = {"n_candidates": 3, "nothing_to_choose": False, "ndcg_mean": 0.6123,
+              "ci_low": 0.58, "ci_high": 0.64, "n_queries": 40, "n_seeds": 2,
+              "modal_choice": "hybrid/mpnet/constant:0.5/procrustes", "agreeing": 3,
+              "n_choices": 4, "distinct_choices": 2, "reference": "frozen/minilm",
+              "reference_mean": 0.55, "n_paired": 40, "diff": 0.0623, "diff_ci_low": 0.01,
+              "diff_ci_high": 0.11, "p_ttest": 0.0123, "p_seeds": math.nan,
+              "seeds_deterministic": True, "best_on_test": 0.62,
+              "best_on_test_label": "hybrid/mpnet/constant:0.5/procrustes", "regret": 0.0077,
+              "choices": [{"seed": s, "fold": f, "group_hash": "H", "config_label": "hyb"}
+                          for s in (0, 1) for f in (0, 1)], "versus": []}
+    text = ca.results_markdown(table, answer)
     assert "is significantly better than `frozen/minilm`" in text
     assert "is significantly worse than `frozen/minilm`" in text
-    assert f"Its test NDCG@10 is {hyb['ndcg_mean']:.4f}" in text
-    assert "validation 0.6100" in text
+    assert "pooled test NDCG@10 0.6123 [95% CI 0.5800, 0.6400] over 40 queries" in text
+    assert "+0.0623 [+0.0100, +0.1100], p = 0.0123 (one paired t-test over 40 queries; no " \
+        "multiplicity correction" in text
+    assert "over seeds: deterministic: seeds do not vary" in text
+    assert "was chosen in 3 of 4 (seed, fold) cells" in text and "regret" in text
     assert "Not every configuration stays >= 0.97 x its reference: `baseline` (0.900)" in text
     for label in table["config_label"]:
         assert f"`{label}`" in text
@@ -415,12 +425,20 @@ def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
                     "config_label": label, "fallback": "none", "git_commit": "abc123"}
             run = tracking.JobRun(uri, exp_id, f"{label}/seed{seed}", params, tags, parent)
             rng = np.random.default_rng([seed, len(label)])
-            rows = []
+            rows, selection = [], []
+            fold_of = {q: (i + seed) % 3 for i, q in enumerate(QUERIES)}  # a seed draws folds
             for cycle in range(CYCLES + 1):
                 gain = effect * cycle / CYCLES
                 noise = 0 if mode == "frozen" or cycle == 0 else rng.normal(0, 0.02, len(QUERIES))
                 scores = np.clip(difficulty + gain + noise, 0, 1)
-                rows += [(cycle, q, float(s)) for q, s in zip(QUERIES, scores, strict=True)]
+                rows += [(cycle, q, float(s), fold_of[q])
+                         for q, s in zip(QUERIES, scores, strict=True)]
+                # each fold chooses on its training side (here the validation slice is all of
+                # it): the validation effect, never a test query's score
+                if validation or mode == "frozen":
+                    val = difficulty + val_effect * cycle / CYCLES + 0.003 * seed
+                    selection += [(cycle, f, q, float(v)) for f in range(3)
+                                  for q, v in zip(QUERIES, val, strict=True) if fold_of[q] != f]
                 run.log_metrics({
                     "ndcg_at_10": scores.mean(), "ndcg_at_10_std": scores.std(),
                     "recall_at_100": min(1.0, scores.mean() + 0.3),
@@ -432,6 +450,8 @@ def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
                     "rollback": 0}, cycle)
             run.log_metrics({"total_time_s": 12.0, "encode_time_s": 3.0, "n_encoded": 1430}, 0)
             run.log_artifact(tracking.write_per_query_table(tmp / "per_query_ndcg.csv", rows))
+            run.log_artifact(tracking.write_selection_table(tmp / "selection_ndcg.csv",
+                                                            selection))
             run.set_tags({"fallback": "none"})
             run.finish()
     # A failed job: must not be analysed.
@@ -481,7 +501,7 @@ def test_loaders_read_the_store(store):
                                                                        "metrics.ndcg_at_10"])
 
     table = ca.per_query_table(store, some[0])
-    assert list(table.columns) == ["run_id", "cycle", "query_id", "ndcg_at_10"]
+    assert list(table.columns) == ["run_id", "cycle", "query_id", "ndcg_at_10", "fold"]
     assert len(table) == len(QUERIES) * (CYCLES + 1)
     assert table["query_id"].map(type).eq(str).all()
 
@@ -503,13 +523,16 @@ def _parent(store, experiment):
     return client, parent.info.run_id
 
 
-def test_the_sweep_summary_is_the_validation_choice_and_its_test_interval(store, tmp_path):
+def test_the_sweep_summary_is_the_nested_choice_and_its_test_interval(store, tmp_path):
     from chelation_harness.callbacks import log_sweep_summary
 
     client, parent = _parent(store, "full")
     summary = log_sweep_summary(store, "full", parent, tmp_path, "the table")
     chosen = "hybrid/mpnet/constant:0.5/procrustes"  # the largest validation effect in FULL
     run = client.get_run(parent)
+    # every (seed, fold) chose it: 3 seeds x 3 folds
+    assert run.data.tags["sweep_chosen_folds"].startswith("9 of 9 (seed, fold) choices")
+    assert run.data.metrics["sweep_chosen_agreement"] == 1.0
     assert run.data.tags["sweep_chosen_config"] == chosen == summary.tags["sweep_chosen_config"]
     assert run.data.tags["sweep_chosen_reference"] == "frozen/all-MiniLM-L6-v2"
     assert run.data.metrics == pytest.approx(summary.metrics)
@@ -528,11 +551,12 @@ def test_the_sweep_summary_is_the_validation_choice_and_its_test_interval(store,
     diff = per_query["hybrid"] - per_query["frozen"]
     assert m["sweep_chosen_diff"] == pytest.approx(diff.mean())
     assert m["sweep_chosen_diff_ci_low"] < m["sweep_chosen_diff"] < m["sweep_chosen_diff_ci_high"]
-    assert m["sweep_chosen_val_ndcg_at_10"] == pytest.approx(
-        runs.loc[runs["config_label"] == chosen, "metrics.val_ndcg_at_10"].mean())
+    assert 0 < m["sweep_chosen_diff_p"] < 0.05 and 0 < m["sweep_chosen_diff_p_seeds"] <= 1
+    assert m["sweep_chosen_regret"] == pytest.approx(0.0, abs=1e-12)  # it is the best on test
     table = client.download_artifacts(parent, "sweep_table.txt", str(tmp_path))
     assert Path(table).read_text() == "the table"
-    assert summary.line().startswith(f"chosen on validation: {chosen}: test NDCG@10 ")
+    assert summary.line().startswith(f"chosen inside each fold: {chosen} (9 of 9 ")
+    assert "vs frozen/all-MiniLM-L6-v2 (p < 0.0001)" in summary.line()  # the p beside its interval
 
 
 def test_a_sweep_of_one_mode_and_one_seed_is_compared_with_its_own_cycle_zero(store):
@@ -541,6 +565,10 @@ def test_a_sweep_of_one_mode_and_one_seed_is_compared_with_its_own_cycle_zero(st
     _, parent = _parent(store, "one-arm")
     summary = sweep_summary(store, "one-arm", parent)
     assert summary.tags["sweep_chosen_config"] == "hybrid/mpnet/constant:0.5/procrustes"
+    # one configuration: nothing to choose among, and no regret or agreement to report
+    assert summary.tags["sweep_chosen_on"].startswith("nothing to choose")
+    assert summary.line().startswith("one configuration, nothing to choose: hybrid/")
+    assert "sweep_chosen_regret" not in summary.metrics
     assert summary.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"
     low, high = (summary.metrics[f"sweep_chosen_test_ndcg_at_10_ci_{s}"] for s in ("low", "high"))
     # the interval is over queries: one seed will do
@@ -553,7 +581,7 @@ def test_a_sweep_without_validation_says_why_nothing_was_chosen(store):
 
     _, parent = _parent(store, "no-validation")
     summary = sweep_summary(store, "no-validation", parent)
-    assert summary.tags["sweep_chosen_config"].startswith("none: no job logged val_ndcg_at_10")
+    assert summary.tags["sweep_chosen_config"].startswith("none: no run logged selection scores")
     assert summary.metrics == {"sweep_jobs": 1, "sweep_configurations": 1}
     assert sweep_summary(store, "no-validation", "no-such-parent").tags["sweep_chosen_config"] == \
         "none: no job of this sweep finished"
@@ -615,8 +643,8 @@ def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     text = report.read_text()
     for arm in FULL:
         assert f"`{_label(*arm[:4])}`" in text
-    assert "## Chosen on validation" in text
-    assert "`hybrid-2` (validation" in text  # the short label; the legend names it in full
+    assert "## The answer: a configuration chosen inside each fold" in text
+    assert "`hybrid-2` was chosen in" in text  # the short label; the legend names it in full
     assert "| `hybrid-2` | `hybrid/mpnet/constant:0.5/procrustes` |" in text
     assert "hybrid/failed" not in text
     assert "0.97 x its reference" in text
@@ -664,7 +692,10 @@ def test_frozen_models_table_pairs_each_frozen_model_with_the_trained_student():
     assert mpnet["p_ttest"] < 0.001
     text = ca.frozen_models_markdown(table)
     assert "`mpnet`" in text and "the frozen student" in text
-    assert ca.frozen_models_table(pd.DataFrame(rows[:60])).empty  # one frozen model only
+    # one frozen model: the section still stands, with the student as its reference row
+    alone = ca.frozen_models_table(pd.DataFrame(rows[:60]))
+    assert alone["reference"].tolist() == ["(reference)"]
+    assert "the only frozen model" in ca.frozen_models_markdown(alone)
 
 
 def test_labels_shared_by_different_configurations_get_their_differing_params():
@@ -741,13 +772,16 @@ def test_the_report_uses_short_labels_and_says_what_they_mean(store):
     per_query = ca.load_per_query(store, runs)
     table = ca.compare_to_reference(per_query)
     legend = ca.label_legend(runs)
-    choice = ca.select_on_validation(runs)
-    report = ca.results_markdown(table, choice, legend=legend)
+    _, answer = ca.study_answer(runs, per_query, ca.load_selection(store, runs))
+    report = ca.results_markdown(table, answer, legend=legend)
     assert "| `hybrid-2` |" in report and "| frozen-1 |" in report  # row and its reference
     assert "`hybrid/mpnet/constant:0.5/procrustes`" not in report.split("## Configurations")[0]
     row = next(line for line in report.splitlines() if line.startswith("| `hybrid-2` | `"))
-    assert "`hybrid/mpnet/constant:0.5/procrustes`" in row and "weight.value=0.5" in row
-    assert "Highest mean final val_ndcg_at_10" in report and "`hybrid-2` (validation" in report
+    # 0.5 is the common weight among the hybrids: not listed; 0.25 is
+    assert "`hybrid/mpnet/constant:0.5/procrustes`" in row and "weight.value" not in row
+    row = next(line for line in report.splitlines() if line.startswith("| `hybrid-1` | `"))
+    assert "weight.value=0.25" in row
+    assert "`hybrid-2` was chosen in 9 of 9 (seed, fold) cells" in report
 
 
 def test_a_tie_on_validation_goes_to_the_frozen_arm():

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -185,13 +186,20 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
         table = Path(client.download_artifacts(run.info.run_id, "per_query_ndcg.csv",
                                                str(sweep_store / run.info.run_id)))
         lines = table.read_text().splitlines()
-        assert lines[0] == "cycle,query_id,ndcg_at_10"
+        assert lines[0] == "cycle,query_id,ndcg_at_10,fold"
         assert {line.split(",")[0] for line in lines[1:]} == {"0", "1", "2"}
+        # what the nested selection reads: per fold, never one of that fold's test queries
+        chosen_on = pd.read_csv(client.download_artifacts(
+            run.info.run_id, "selection_ndcg.csv", str(sweep_store / run.info.run_id)),
+            dtype={"query_id": str})
+        tested = pd.read_csv(table, dtype={"query_id": str})
+        assert not chosen_on.empty and set(chosen_on["fold"]) == set(tested["fold"]) == {0}
+        assert not set(chosen_on["query_id"]) & set(tested["query_id"])
     weights = {r.data.tags["config_label"]: r.data.metrics.get("teacher_weight") for r in jobs}
     assert weights["hybrid/minilm/constant:0.2/procrustes"] == pytest.approx(0.2)
     assert weights["hybrid/minilm/constant:0.8/procrustes"] == pytest.approx(0.8)
-    # the parent's answer: the best final validation score (ties: the simpler mode, then the
-    # label), and with one seed its test NDCG@10 is that job's own
+    # the parent's answer: one fold (split), so one choice, the best final validation score
+    # (ties: the simpler mode, then the label); with one seed its test NDCG@10 is that job's own
     best = min(jobs, key=lambda r: (-r.data.metrics["val_ndcg_at_10"],
                                     MODES.index(r.data.tags["mode"]),
                                     r.data.tags["config_label"]))
@@ -204,7 +212,8 @@ def test_multirun_logs_parent_children_metrics_and_artifacts(sweep_store: Path) 
     assert parent.tags["sweep_chosen_reference"] == "cycle 0 (same runs)"  # no frozen arm here
     assert parent.metrics["sweep_jobs"] == 3
     console = (sweep_store / "sweep.log").read_text()
-    assert f"chosen on validation: {best.data.tags['config_label']}: test NDCG@10 " in console
+    assert f"chosen inside each fold: {best.data.tags['config_label']} (1 of 1 " in console
+    assert "vs cycle 0 (same runs) (p " in console
     assert f"/#/experiments/{parents[0].info.experiment_id}/runs?workflowType=machine_learning" \
         in console
 

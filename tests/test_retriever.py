@@ -545,3 +545,27 @@ def test_frozen_cycles_repeat_cycle_zero_which_is_what_running_them_scores(
         assert r.evaluate(fold.test).per_query == result.cycles[-1].per_query
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("mode", ["frozen", "baseline"])
+def test_what_a_fold_may_choose_on_is_never_one_of_its_test_queries(
+    synthetic: RetrievalDataset, cache_dir: Path, mode: str
+) -> None:
+    """Each cycle logs, per fold, the per-query scores that fold may choose a configuration on:
+    a trained model its validation slice (whose mean is the logged validation NDCG@10), an
+    untrained one every training-side query; and each test query's fold."""
+    settings = _settings(cache_dir, mode, "always", push=0.5, lr=1e-2)
+    settings.protocol, settings.folds, settings.cycles = "kfold", 3, 1
+    settings.validate()
+    result = run_job(synthetic, settings, show_progress=False)
+    folds = make_folds(synthetic.judged_query_ids, settings)
+    for record in result.cycles:
+        assert set(record.selection) == set(range(3))
+        for i, f in enumerate(folds):
+            assert {q for q, k in record.test_fold.items() if k == i} == set(f.test)
+            chosen_on = set(record.selection[i])
+            assert not chosen_on & set(f.test)
+            assert chosen_on == (set(f.val) if mode == "baseline" else set(f.fit) | set(f.val))
+        if mode == "baseline":
+            means = [np.mean(list(record.selection[i].values())) for i in range(3)]
+            assert np.mean(means) == pytest.approx(record.val_ndcg_at_10)

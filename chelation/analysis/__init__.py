@@ -27,8 +27,15 @@ from chelation.analysis.figures import (
     save_figure,
     teacher_margins,
 )
+from chelation.analysis.nested import (
+    FrameSelectionScores,
+    NestedSelection,
+    SelectionScores,
+    nested_selection,
+    study_answer,
+    summarise_nested,
+)
 from chelation.analysis.report import (
-    chosen_versus_frozen,
     frozen_models_markdown,
     frozen_models_table,
     results_markdown,
@@ -40,6 +47,7 @@ from chelation.analysis.runs import (
     label_legend,
     load_per_query,
     load_runs,
+    load_selection,
     metric_history,
     per_query_table,
     run_summary,
@@ -52,15 +60,18 @@ from chelation.analysis.stats import (
     min_detectable_effect,
     paired_comparison,
     seed_paired_test,
+    seed_test_or_deterministic,
     select_on_validation,
 )
 
 __all__ = [
-    "MODE_ORDER", "PER_QUERY_ARTIFACT", "TABLE_COLUMNS", "chosen_versus_frozen",
-    "compare_to_reference", "disambiguated_labels", "frozen_models_markdown",
-    "frozen_models_table", "holm_adjust", "label_legend", "load_per_query", "load_runs",
-    "mean_ci", "metric_history", "min_detectable_effect", "paired_comparison",
-    "per_query_table", "plot_forest", "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight",
-    "plot_ndcg_vs_weight", "results_markdown", "run_summary", "save_figure", "seed_paired_test",
-    "select_on_validation", "teacher_margins",
+    "MODE_ORDER", "PER_QUERY_ARTIFACT", "TABLE_COLUMNS", "FrameSelectionScores",
+    "NestedSelection", "SelectionScores", "compare_to_reference", "disambiguated_labels",
+    "frozen_models_markdown", "frozen_models_table", "holm_adjust", "label_legend",
+    "load_per_query", "load_runs", "load_selection", "mean_ci", "metric_history",
+    "min_detectable_effect", "nested_selection", "paired_comparison", "per_query_table",
+    "plot_forest", "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight", "plot_ndcg_vs_weight",
+    "results_markdown", "run_summary", "save_figure", "seed_paired_test",
+    "seed_test_or_deterministic", "select_on_validation", "study_answer", "summarise_nested",
+    "teacher_margins",
 ]

@@ -47,42 +47,26 @@ def _signed(x: Any) -> str:
     return f"{x:+.4f}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
 
 
-def chosen_versus_frozen(per_query_df: pd.DataFrame, selection: Mapping[str, Any] | None
-                         ) -> pd.DataFrame:
-    """The chosen configuration paired with every frozen model of the study (the student, and
-    teachers run as frozen students): one row per frozen model, `reference` naming it."""
-    if selection is None or per_query_df.empty:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    chosen = per_query_df[per_query_df["group_hash"] == selection["group_hash"]]
-    frozen = per_query_df[(per_query_df["mode"] == Mode.FROZEN)
-                          & student_documents_only(per_query_df)]
-    rows = []
-    for ref_hash in frozen["group_hash"].unique():
-        if ref_hash == selection["group_hash"]:
-            continue
-        pair = pd.concat([chosen, frozen[frozen["group_hash"] == ref_hash]])
-        table = compare_to_reference(pair, reference_group=ref_hash)
-        rows.append(table[table["group_hash"] == selection["group_hash"]])
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TABLE_COLUMNS)
-
-
-def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = None, *,
+def results_markdown(table: pd.DataFrame, answer: Mapping[str, Any] | None = None, *,
                      title: str = "Study results", alpha: float = 0.05, floor: float = 0.97,
-                     confidence: float = 0.95, versus: pd.DataFrame | None = None,
+                     confidence: float = 0.95, frozen: pd.DataFrame | None = None,
                      legend: pd.DataFrame | None = None) -> str:
-    """Markdown report of a `compare_to_reference` table and a `select_on_validation` choice;
-    `versus` (from `chosen_versus_frozen`) adds the choice against each frozen model; with a
+    """Markdown report of a `compare_to_reference` table and the study's answer (the summary
+    `chelation.analysis.nested.study_answer` gives: the configuration each fold chose on its
+    training-side queries, and the procedure's pooled test figure against the frozen student);
+    `frozen` (from `frozen_models_table`) adds the frozen models, teacher included; with a
     `label_legend` configurations go by their short labels and a last section says what each
     means. One function per section below."""
     lines = [f"# {title}", ""]
     if table.empty:
         return "\n".join([*lines, "No finished job runs with per-query results.", ""])
     if legend is not None and not legend.empty:
-        table, selection, versus = _short_labels(table, selection, versus, legend)
+        table, answer, frozen = _short_labels(table, answer, frozen, legend)
     comps = table[table["reference"] != "(reference)"]
     lines += _intro(table, comps, alpha)
     lines += _comparison_rows(table, f"{confidence:.0%}")
-    lines += _chosen_section(table, selection, versus, alpha)
+    lines += _answer_section(answer, confidence)
+    lines += _frozen_section(frozen)
     lines += _significance_section(comps, alpha)
     lines += _floor_section(comps, floor)
     if legend is not None and not legend.empty:
@@ -90,8 +74,8 @@ def results_markdown(table: pd.DataFrame, selection: Mapping[str, Any] | None = 
     return "\n".join(lines)
 
 
-def _short_labels(table: pd.DataFrame, selection: Mapping[str, Any] | None,
-                  versus: pd.DataFrame | None, legend: pd.DataFrame
+def _short_labels(table: pd.DataFrame, answer: Mapping[str, Any] | None,
+                  frozen: pd.DataFrame | None, legend: pd.DataFrame
                   ) -> tuple[pd.DataFrame, Mapping[str, Any] | None, pd.DataFrame | None]:
     by_label = dict(zip(legend["config_label"], legend["short_label"], strict=True))
     by_hash = dict(zip(legend["group_hash"], legend["short_label"], strict=True))
@@ -103,10 +87,17 @@ def _short_labels(table: pd.DataFrame, selection: Mapping[str, Any] | None,
         frame["reference"] = frame["reference"].map(lambda r: by_label.get(r, r))
         return frame
 
-    if selection is not None:
-        selection = {**selection, "config_label": by_hash.get(selection["group_hash"],
-                                                              selection["config_label"])}
-    return relabel(table), selection, None if versus is None else relabel(versus)
+    if answer is not None:
+        short = {**by_label, **by_hash}
+        answer = {**answer,
+                  "choices": [{**c, "config_label": by_hash.get(c["group_hash"],
+                                                                c["config_label"])}
+                              for c in answer.get("choices", [])],
+                  **{k: short.get(answer[k], answer[k]) for k in
+                     ("modal_choice", "best_on_test_label", "reference") if k in answer},
+                  "versus": [{**v, "reference": short.get(v["reference"], v["reference"])}
+                             for v in answer.get("versus", [])]}
+    return relabel(table), answer, None if frozen is None else relabel(frozen)
 
 
 def _legend_section(legend: pd.DataFrame) -> list[str]:
@@ -125,11 +116,17 @@ def _intro(table: pd.DataFrame, comps: pd.DataFrame, alpha: float) -> list[str]:
         f"{len(table)} configurations, {'/'.join(map(str, seeds))} seed(s) each; NDCG@10 at "
         "the final cycle on held-out test queries, averaged per query over seeds. Differences "
         "are paired per query against the reference (the frozen student unless stated); "
-        f"p-values are two-sided, p (Holm) corrects the paired t-test for {len(comps)} "
-        f"comparison(s); p (seeds) pairs per-seed means, so it also carries training noise; MDE is "
-        f"the smallest difference a paired t-test detects with 80% power at alpha = {alpha:g}.",
+        f"p-values are two-sided, p (Holm) corrects the paired t-test for the grid's "
+        f"{len(comps)} comparison(s) a reader scans; p (seeds) pairs per-seed means, so it also "
+        "carries training noise (\"deterministic\" where the seeds change nothing, so there is "
+        "no test); MDE is the smallest difference a paired t-test detects with 80% power at "
+        f"alpha = {alpha:g}.",
         ""]
     return lines
+
+
+def _seeds_cell(r: Mapping[str, Any]) -> str:
+    return "deterministic" if r.get("seeds_deterministic") is True else _p(r["p_seeds"])
 
 
 def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
@@ -149,7 +146,7 @@ def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
             f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
             f"{_signed(r['diff_ci_high'])}]",
             *(["—"] * 4 if is_ref else [_p(r["p_ttest"]), _p(r["p_wilcoxon"]),
-                                        _p(r["p_seeds"]), _p(r["p_holm"])]),
+                                        _seeds_cell(r), _p(r["p_holm"])]),
             "—" if is_ref else _num(r["mde_80"]), _num(r["ratio_to_frozen"], 3),
             "this is the reference" if is_ref else str(r["reference"]),
         ]
@@ -159,36 +156,69 @@ def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
     return lines
 
 
-def _chosen_section(table: pd.DataFrame, selection: Mapping[str, Any] | None,
-                    versus: pd.DataFrame | None, alpha: float) -> list[str]:
-    lines: list[str] = []
-    lines += ["## Chosen on validation", ""]
-    if selection is None:
-        lines += ["No configuration logged a validation score, so none was chosen.", ""]
-    else:
-        chosen = table[table["group_hash"] == selection["group_hash"]]
-        text = (f"Highest mean final {selection.get('metric', 'val_ndcg_at_10')} over seeds "
-                f"among {selection.get('n_candidates', '?')} candidate configuration(s): "
-                f"`{selection['config_label']}` (validation {_num(selection['val_mean'])}, "
-                f"{selection.get('n_seeds', '?')} seed(s)).")
-        if not chosen.empty:
-            c = chosen.iloc[0]
-            verdict = ("significant" if math.isfinite(c["p_holm"]) and c["p_holm"] < alpha
-                       else "not significant")
-            text += (f" Its test NDCG@10 is {_num(c['ndcg_mean'])} [{_num(c['ci_low'])}, "
-                     f"{_num(c['ci_high'])}], {_signed(c['diff_vs_frozen'])} vs its reference "
-                     f"({_p_is(c['p_ttest'])}, Holm {_p_is(c['p_holm'])}: {verdict} at alpha = "
-                     f"{alpha:g}). The test figure played no part in the choice.")
-        lines += [text, ""]
-        for _, v in (versus if versus is not None else pd.DataFrame()).iterrows():
-            lines.append(f"- against `{v['reference']}`: {_signed(v['diff_vs_frozen'])} "
-                         f"[{_signed(v['diff_ci_low'])}, {_signed(v['diff_ci_high'])}], "
-                         f"{_p_is(v['p_ttest'])} (paired t over {v['n_paired']} queries; "
-                         f"over seeds {_p_is(v['p_seeds'])})")
-        if versus is not None and not versus.empty:
-            lines.append("")
+def _seed_p(deterministic: Any, p: Any) -> str:
+    return "deterministic: seeds do not vary" if deterministic is True else _p_is(p)
 
-    return lines
+
+def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list[str]:
+    lines = ["## The answer: a configuration chosen inside each fold", ""]
+    if answer is None or "ndcg_mean" not in answer:
+        why = (answer or {}).get("why", "no configuration has selection scores")
+        return [*lines, f"Nothing was chosen: {why}.", ""]
+    pct = f"{confidence:.0%}"
+    figure = (f"test NDCG@10 {_num(answer['ndcg_mean'])} [{pct} CI {_num(answer['ci_low'])}, "
+              f"{_num(answer['ci_high'])}] over {answer['n_queries']} queries "
+              f"({answer['n_seeds']} seed(s))")
+    if answer.get("nothing_to_choose"):
+        text = (f"One configuration (`{answer.get('modal_choice', '')}`): nothing to choose "
+                f"among. Its {figure}.")
+        if "diff" not in answer:
+            text += " It is frozen and the study has no other reference to compare it with."
+    else:
+        label, agreeing, cells = (answer["modal_choice"], answer["agreeing"],
+                                  answer["n_choices"])
+        text = (f"Each fold chose among {answer['n_candidates']} configurations (those whose "
+                "queries the study's student encodes) on its own training-side queries only: a "
+                "configuration that trains on its fold's validation slice, one that does not "
+                "train on all of the fold's training-side queries; never on a test query. Each "
+                "fold's test queries were then scored by its choice. The procedure's pooled "
+                f"{figure}. `{label}` was chosen in {agreeing} of {cells} (seed, fold) cells "
+                f"({answer['distinct_choices']} distinct choice(s)).")
+    lines += [text, ""]
+    if "diff" in answer:
+        lines += [f"- against `{answer['reference']}` ({_num(answer['reference_mean'])}): "
+                  f"{_signed(answer['diff'])} [{_signed(answer['diff_ci_low'])}, "
+                  f"{_signed(answer['diff_ci_high'])}], {_p_is(answer['p_ttest'])} (one paired "
+                  f"t-test over {answer['n_paired']} queries; no multiplicity correction, since "
+                  "no test query entered the choice; over seeds: "
+                  f"{_seed_p(answer.get('seeds_deterministic'), answer.get('p_seeds'))})"]
+    for v in answer.get("versus", []):
+        lines.append(f"- against `{v['reference']}` ({_num(v['reference_mean'])}): "
+                     f"{_signed(v['diff'])} [{_signed(v['diff_ci_low'])}, "
+                     f"{_signed(v['diff_ci_high'])}], {_p_is(v['p_ttest'])} (paired t over "
+                     f"{v['n_paired']} queries; over seeds: "
+                     f"{_seed_p(v.get('seeds_deterministic'), v.get('p_seeds'))})")
+    if "regret" in answer and not answer.get("nothing_to_choose"):
+        lines.append(f"- regret: the best configuration on test, `{answer['best_on_test_label']}` "
+                     f"({_num(answer['best_on_test'])}), minus the procedure: "
+                     f"{_signed(answer['regret'])} (what choosing without the test queries "
+                     "cost; the best on test is known only after the fact)")
+    choices = answer.get("choices") or []
+    if choices and not answer.get("nothing_to_choose"):
+        folds = sorted({c["fold"] for c in choices})
+        lines += ["", "| seed | " + " | ".join(f"fold {f}" for f in folds) + " |",
+                  "|---|" + "---|" * len(folds)]
+        for seed in sorted({c["seed"] for c in choices}):
+            by_fold = {c["fold"]: c["config_label"] for c in choices if c["seed"] == seed}
+            lines.append(f"| {seed} | " + " | ".join(f"`{by_fold[f]}`" if f in by_fold else "—"
+                                                     for f in folds) + " |")
+    return [*lines, ""]
+
+
+def _frozen_section(frozen: pd.DataFrame | None) -> list[str]:
+    if frozen is None or frozen.empty:
+        return []
+    return [frozen_models_markdown(frozen)]
 
 
 def _significance_section(comps: pd.DataFrame, alpha: float) -> list[str]:
@@ -214,7 +244,8 @@ def _significance_section(comps: pd.DataFrame, alpha: float) -> list[str]:
             direction = "better" if r["diff_vs_frozen"] > 0 else "worse"
             lines.append(f"- `{r['config_label']}` is significantly {direction} than "
                          f"`{r['reference']}`: {_signed(r['diff_vs_frozen'])} "
-                         f"(Holm {_p_is(r['p_holm'])}; over seeds {_p_is(r['p_seeds'])}).")
+                         f"(Holm {_p_is(r['p_holm'])}; over seeds "
+                         f"{_seed_p(r.get('seeds_deterministic'), r['p_seeds'])}).")
         rest = len(comps) - len(sig)
         if rest:
             tail = (f"The other {rest} comparison(s) are not significant; on this collection "
@@ -249,14 +280,14 @@ def _floor_section(comps: pd.DataFrame, floor: float) -> list[str]:
 
 
 def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
-    """Every frozen arm (the student, and teachers run as frozen students) paired against the
-    frozen arm of the student the study trains (the student of most non-frozen runs)."""
+    """Every frozen model with its own documents (the student, and teachers run as frozen
+    students), each paired against the frozen arm of the study's student (the student of most
+    rows); that arm is the reference row. Empty when the study has no such frozen arm."""
     frozen = per_query_df[(per_query_df["mode"] == Mode.FROZEN)
                           & student_documents_only(per_query_df)]
-    trained = per_query_df.loc[per_query_df["mode"] != Mode.FROZEN, "student"]
-    if frozen.empty or frozen["student"].nunique() < 2 or trained.empty:
+    if frozen.empty or per_query_df["student"].dropna().empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
-    student = trained.mode().iloc[0]
+    student = per_query_df["student"].mode().iloc[0]
     reference = frozen.loc[frozen["student"] == student, "group_hash"]
     if reference.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
@@ -264,19 +295,23 @@ def frozen_models_table(per_query_df: pd.DataFrame) -> pd.DataFrame:
 
 
 def frozen_models_markdown(table: pd.DataFrame) -> str:
-    """A short markdown section on the frozen models (see `frozen_models_table`)."""
+    """The frozen references section (see `frozen_models_table`): each frozen model against
+    the frozen student, with interval and p; the student's own row is the reference."""
     if table.empty:
         return ""
     lines = ["## The models frozen, for reference", "",
              "| model | NDCG@10 [95% CI] | diff vs the frozen student [95% CI] | p (t) "
-             "| p (Wilcoxon) |", "|---|---|---|---|---|"]
+             "| p (Wilcoxon) | p (seeds) |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         is_ref = r["reference"] == "(reference)"
         lines.append(
             f"| `{r['student']}` | {_num(r['ndcg_mean'])} [{_num(r['ci_low'])}, "
             f"{_num(r['ci_high'])}] | "
-            + ("the frozen student |" if is_ref else
+            + ("the frozen student (the reference) |" if is_ref else
                f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
                f"{_signed(r['diff_ci_high'])}] |")
-            + (" — | — |" if is_ref else f" {_p(r['p_ttest'])} | {_p(r['p_wilcoxon'])} |"))
+            + (" — | — | — |" if is_ref else
+               f" {_p(r['p_ttest'])} | {_p(r['p_wilcoxon'])} | {_seeds_cell(r)} |"))
+    if len(table) < 2:
+        lines += ["", "The frozen student is the only frozen model in this study."]
     return "\n".join(lines) + "\n"

@@ -9,14 +9,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from chelation.identity import NOT_IDENTITY
+from chelation.identity import NOT_IDENTITY, excluded_keys
 from chelation.kinds import MODES, Fallback, Mode
-from chelation.tracking import PER_QUERY_FILE, Tag
+from chelation.tracking import PER_QUERY_FILE, SELECTION_FILE, Tag
 
 log = logging.getLogger(__name__)
 
 PER_QUERY_ARTIFACT = PER_QUERY_FILE
+SELECTION_ARTIFACT = SELECTION_FILE
 MODE_ORDER = MODES
 # Columns lifted from tags (falling back to params) into short names, with their param fallback.
 _SHORT_COLUMNS = {
@@ -146,35 +148,100 @@ def disambiguated_labels(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
+_DOCUMENT_WEIGHT = "params.index.document_weight"  # the documents as the identity sees them
+
+
+def _parsed(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _config_of(row: pd.Series, params: Sequence[str]) -> dict[str, Any]:
+    """A run's nested configuration, rebuilt from its logged params."""
+    config: dict[str, Any] = {}
+    for column in params:
+        if pd.isna(row[column]):
+            continue
+        *path, last = column.removeprefix("params.").split(".")
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+        if isinstance(node, dict):
+            node[last] = _parsed(row[column])
+    return config
+
+
+def _excluded(row: pd.Series, params: Sequence[str]) -> tuple[str, ...]:
+    """The identity's view of the keys that do not apply to a configuration (falling back to
+    its mode's ignored keys where the params are too few to rebuild it)."""
+    try:
+        return excluded_keys(_config_of(row, params))
+    except (KeyError, TypeError, ValueError):
+        mode = row.get("mode")
+        return (*NOT_IDENTITY, *(Mode(mode).ignored_keys if mode in MODE_ORDER else ()))
+
+
+def _document_weight(row: pd.Series) -> float | None:
+    try:
+        from chelation.settings import IndexSettings
+
+        return IndexSettings(**_config_of(row, [c for c in row.index
+                                                if c.startswith("params.index.")])
+                             .get("index", {})).document_weight
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def label_legend(runs: pd.DataFrame) -> pd.DataFrame:
     """A short label per configuration (`<mode>-<n>`, numbered within its mode in label order)
-    with its full label and its values of the params that matter to its mode and vary within it
-    or set it apart from the study's most common value: what figures and reports print, and the
-    table that says what each short label means.
+    with its full label and the settings in which it differs from the study's most common
+    value: only keys that apply to it (the identity's view, `chelation.identity.excluded_keys`;
+    the indexed documents as the teacher's share, `index.document_weight`) and whose value is
+    not the common one among the configurations they apply to. What figures and reports print,
+    and the table that says what each short label means.
     Columns: group_hash, short_label, config_label, differs."""
     if runs.empty:
         return pd.DataFrame(columns=["group_hash", "short_label", "config_label", "differs"])
     groups = runs.drop_duplicates("group_hash").copy()
-    params = [c for c in runs.columns if c.startswith("params.")
-              and not c.removeprefix("params.").startswith((*_LABEL_IGNORES, "training.mode"))]
-    varying = [c for c in params if groups[c].dropna().astype(str).nunique() > 1]
-    common = {c: groups[c].dropna().astype(str).mode().iloc[0] for c in varying}
-    within_mode = {(m, c) for m, same in groups.groupby("mode") for c in varying
-                   if same[c].dropna().astype(str).nunique() > 1}
+    params = [c for c in runs.columns if c.startswith("params.")]
+    if any(c.startswith("params.index.") for c in params):
+        groups[_DOCUMENT_WEIGHT] = [_document_weight(g) for _, g in groups.iterrows()]
+    shown_params = [c for c in groups.columns if c.startswith("params.")
+                    and not c.removeprefix("params.").startswith(
+                        (*_LABEL_IGNORES, "training.mode", "index.documents",
+                         "index.teacher_weight"))]
+    applies = {}
+    for i, g in groups.iterrows():
+        excluded = _excluded(g, params)
+        applies[i] = {c for c in shown_params if pd.notna(g[c])
+                      and (c == _DOCUMENT_WEIGHT
+                           or not c.removeprefix("params.").startswith(excluded))}
+    common: dict[str, str] = {}
+    for c in shown_params:
+        values = groups.loc[[i for i in groups.index if c in applies[i]], c].dropna()
+        values = values.map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+        if values.nunique() > 1:
+            common[c] = values.mode().iloc[0]
     rank = {m: i for i, m in enumerate(MODE_ORDER)}
     groups["_rank"] = groups["mode"].map(rank).fillna(len(rank))
     groups = groups.sort_values(["_rank", "config_label"], kind="stable")
     rows, counts = [], {}
-    for _, g in groups.iterrows():
+    for i, g in groups.iterrows():
         mode = g["mode"] if pd.notna(g["mode"]) else "run"
-        ignored = Mode(mode).ignored_keys if mode in MODE_ORDER else ()
         counts[mode] = counts.get(mode, 0) + 1
-        shown = [c for c in varying if pd.notna(g[c])
-                 and not c.removeprefix("params.").startswith(ignored)
-                 and ((g["mode"], c) in within_mode or str(g[c]) != common[c])]
-        differs = ", ".join(f"{c.removeprefix('params.')}={g[c]}" for c in shown)
+        shown = []
+        for c in common:
+            if c not in applies[i]:
+                continue
+            value = f"{g[c]:g}" if isinstance(g[c], float) else str(g[c])
+            if value != common[c]:
+                shown.append(f"{c.removeprefix('params.')}={value}")
         rows.append({"group_hash": g["group_hash"], "short_label": f"{mode}-{counts[mode]}",
-                     "config_label": g["config_label"], "differs": differs})
+                     "config_label": g["config_label"], "differs": ", ".join(shown)})
     return pd.DataFrame(rows)
 
 
@@ -199,30 +266,39 @@ def metric_history(tracking_uri: str, run_ids: Iterable[str], metric: str) -> pd
     return frame.drop(columns="timestamp").reset_index(drop=True)
 
 
-def per_query_table(tracking_uri: str, run_id: str) -> pd.DataFrame:
-    """A run's per-query artifact: columns run_id, cycle, query_id (str), ndcg_at_10."""
+def per_query_table(tracking_uri: str, run_id: str, artifact: str = PER_QUERY_ARTIFACT
+                    ) -> pd.DataFrame:
+    """A run's per-query artifact: columns run_id, cycle, query_id (str), ndcg_at_10, and
+    `fold` (the fold that tested the query; in `selection_ndcg.csv` the fold that may choose
+    on it) where the run logged one."""
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, PER_QUERY_ARTIFACT, tmp)
+        path = client.download_artifacts(run_id, artifact, tmp)
         table = pd.read_csv(path, dtype={"query_id": str})
     table.insert(0, "run_id", run_id)
     return table
 
 
-def load_per_query(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+def load_per_query(tracking_uri: str, runs: pd.DataFrame,
+                   artifact: str = PER_QUERY_ARTIFACT) -> pd.DataFrame:
     """Per-query tables of all `runs`, with each run's configuration columns joined on. A run
     without the artifact is skipped with a warning."""
     parts = []
     for run_id in runs["run_id"]:
         try:
-            parts.append(per_query_table(tracking_uri, run_id))
+            parts.append(per_query_table(tracking_uri, run_id, artifact))
         except Exception as err:  # noqa: BLE001 - one missing artifact must not sink the study
-            log.warning("run %s has no readable %s (%s); skipped", run_id, PER_QUERY_ARTIFACT,
-                        err)
+            log.warning("run %s has no readable %s (%s); skipped", run_id, artifact, err)
     if not parts:
-        return pd.DataFrame(columns=["run_id", "cycle", "query_id", "ndcg_at_10",
+        return pd.DataFrame(columns=["run_id", "cycle", "query_id", "ndcg_at_10", "fold",
                                      *_PER_QUERY_META])
     meta = runs[["run_id", *[c for c in _PER_QUERY_META if c in runs]]]
     return pd.concat(parts, ignore_index=True).merge(meta, on="run_id", how="left")
+
+
+def load_selection(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' selection scores (`selection_ndcg.csv`: per fold, the training-side queries
+    that fold may choose on), shaped like `load_per_query` with a `fold` column."""
+    return load_per_query(tracking_uri, runs, SELECTION_ARTIFACT)
 
 

@@ -24,7 +24,7 @@ TABLE_COLUMNS = [
     "config_label", "mode", "teacher", "student", "dataset", "group_hash", "reference",
     "n_seeds", "n_queries", "n_paired", "ndcg_mean", "ci_low", "ci_high",
     "diff_vs_frozen", "diff_ci_low", "diff_ci_high", "p_ttest", "p_wilcoxon", "p_seeds",
-    "p_holm", "mde_80", "ratio_to_frozen",
+    "seeds_deterministic", "p_holm", "mde_80", "ratio_to_frozen",
 ]
 
 
@@ -109,6 +109,21 @@ def seed_paired_test(per_seed_a: Mapping[Any, float] | pd.Series,
             "ci_high": res["ci_high"], "p_ttest": res["p_ttest"]}
 
 
+def seed_test_or_deterministic(by_seed: pd.DataFrame | None) -> dict[str, Any]:
+    """The paired test over seeds of per-seed means (columns a, b), or, where the per-seed
+    differences do not vary (deterministic arms: the seeds change nothing), no p-value and
+    `deterministic` True: a test with zero variance is never reported as significant."""
+    if by_seed is None or len(by_seed) < 2:
+        return {"p_ttest": math.nan, "deterministic": False,
+                "n_seeds": 0 if by_seed is None else len(by_seed)}
+    diff = (by_seed["a"] - by_seed["b"]).to_numpy(dtype=float)
+    scale = max(1.0, float(np.abs(diff).max()))
+    if float(diff.std(ddof=1)) <= 1e-12 * scale:
+        return {"p_ttest": math.nan, "deterministic": True, "n_seeds": len(by_seed)}
+    res = seed_paired_test(by_seed["a"], by_seed["b"])
+    return {"p_ttest": res["p_ttest"], "deterministic": False, "n_seeds": res["n_seeds"]}
+
+
 def min_detectable_effect(diff_sd: float, n: int, alpha: float = 0.05,
                           power: float = 0.8) -> float:
     """Smallest mean difference a two-sided paired t-test on `n` pairs with difference standard
@@ -165,19 +180,31 @@ def first_value(df: pd.DataFrame, column: str) -> Any:
 def _reference_for(df: pd.DataFrame, group: pd.DataFrame, reference_group: str | None
                    ) -> tuple[str | None, pd.DataFrame | None]:
     """The reference group's hash and rows for one configuration: the given group, else the
-    frozen group sharing its student/dataset/protocol (most seeds wins); None if there is none."""
+    frozen group sharing its student/dataset/protocol (most seeds wins); None if there is none.
+    A frozen model that would be its own reference (a teacher run as a frozen student) is
+    compared with the study's frozen student instead, when the study has one."""
     if reference_group is not None:
         return reference_group, df[df["group_hash"] == reference_group]
+    best = _frozen_group(df, group, _CONTEXT)
+    own = first_value(group, "group_hash")
+    if best == own and "student" in df and df["student"].notna().any():
+        study = _frozen_group(df, df[df["student"] == df["student"].mode().iloc[0]], _CONTEXT)
+        best = study if study is not None else best
+    if best is None:
+        return None, None
+    return best, df[df["group_hash"] == best]
+
+
+def _frozen_group(df: pd.DataFrame, group: pd.DataFrame, context: Sequence[str]) -> str | None:
     frozen = df[(df["mode"] == Mode.FROZEN) & student_documents_only(df)]
-    for col in _CONTEXT:
+    for col in context:
         value = first_value(group, col)
         if col in frozen and value is not None:
             frozen = frozen[frozen[col] == value]
     if frozen.empty:
-        return None, None
+        return None
     seeds = frozen.groupby("group_hash")["seed"].nunique()
-    best = sorted(seeds.index, key=lambda g: (-seeds[g], g))[0]
-    return best, frozen[frozen["group_hash"] == best]
+    return sorted(seeds.index, key=lambda g: (-seeds[g], g))[0]
 
 
 def student_documents_only(df: pd.DataFrame) -> pd.Series:
@@ -230,11 +257,11 @@ def _comparison_row(df: pd.DataFrame, group_hash: str, group: pd.DataFrame,
         row["reference"] = first_value(ref_rows, "config_label") or ref_hash
     by_query, by_seed = _pair(cells, ref_cells)
     res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence)
-    seeds = (seed_paired_test(by_seed["a"], by_seed["b"]) if by_seed is not None
-             else {"p_ttest": math.nan})
+    seeds = seed_test_or_deterministic(by_seed)
     return {**row, "n_paired": res["n"], "diff_vs_frozen": res["mean_diff"],
             "diff_ci_low": res["ci_low"], "diff_ci_high": res["ci_high"],
             "p_ttest": res["p_ttest"], "p_wilcoxon": res["p_wilcoxon"], "p_seeds": seeds["p_ttest"],
+            "seeds_deterministic": seeds["deterministic"],
             "mde_80": min_detectable_effect(res["sd_diff"], res["n"], alpha, power),
             "ratio_to_frozen": res["mean_a"] / res["mean_b"] if res["mean_b"] else math.nan}
 
@@ -251,7 +278,8 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     `reference` column says so. Columns: see TABLE_COLUMNS. `ndcg_mean`/`ci_*` are over
     the configuration's own queries; `diff_*`, the p-values, `mde_80` and
     `ratio_to_frozen` over the queries both arms scored. `p_seeds` is a paired t-test of
-    per-seed means (NaN below two common seeds); `p_holm` is `p_ttest` Holm-adjusted over
+    per-seed means (NaN below two common seeds, and NaN with `seeds_deterministic` where the
+    per-seed differences do not vary); `p_holm` is `p_ttest` Holm-adjusted over
     all comparisons in the table. The reference row carries NaN differences and ratio 1.
     """
     required = {"group_hash", "seed", "cycle", "query_id", "ndcg_at_10"}

@@ -1,10 +1,12 @@
-"""A sweep's answer, for its MLflow parent run: the configuration chosen on validation among the
-sweep's jobs, and that configuration's test NDCG@10 with its interval.
+"""A sweep's answer, for its MLflow parent run: the configuration each fold chose on its own
+training-side queries (`chelation.analysis.nested`), and the procedure's pooled test NDCG@10 with
+its interval, against the frozen student by one paired test, the choices' agreement and the
+regret.
 
 The interval is a Student-t interval over the test queries, each query's NDCG@10 averaged over
-the seeds that tested it (what `compare_to_reference` reports, so it exists with one seed too);
-it carries query sampling, not training noise across seeds. The difference from the reference
-(the sweep's frozen arm, else cycle 0 of the chosen runs) is paired per query the same way.
+the seeds that tested it; it carries query sampling, not training noise across seeds. The
+difference from the reference (the sweep's frozen student, else cycle 0 of the chosen runs) is
+paired per query the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from chelation.analysis.runs import load_per_query, load_runs
-from chelation.analysis.stats import compare_to_reference, select_on_validation
-from chelation.kinds import Mode
+from chelation.analysis.nested import choices_text, study_answer
+from chelation.analysis.runs import load_per_query, load_runs, load_selection
 
 CHOSEN_TAG = "sweep_chosen_config"
-_VALIDATION = "val_ndcg_at_10"
 
 
 @dataclass
@@ -34,7 +34,14 @@ class SweepSummary:
 
     def line(self) -> str:
         m = {k.removeprefix("sweep_chosen_"): v for k, v in self.metrics.items()}
-        text = f"chosen on validation: {self.tags.get(CHOSEN_TAG, '')}"
+        chosen = self.tags.get(CHOSEN_TAG, "")
+        if self.tags.get("sweep_chosen_on", "").startswith("nothing to choose"):
+            text = f"one configuration, nothing to choose: {chosen}"
+        elif "test_ndcg_at_10" in m:
+            text = (f"chosen inside each fold: {chosen} "
+                    f"({self.tags.get('sweep_chosen_folds', '')})")
+        else:
+            text = f"chosen inside each fold: {chosen}"
         if "test_ndcg_at_10" in m:
             text += (f": test NDCG@10 {m['test_ndcg_at_10']:.4f} "
                      f"[{_num(m.get('test_ndcg_at_10_ci_low'))}, "
@@ -42,8 +49,16 @@ class SweepSummary:
         if "diff" in m:
             text += (f", {m['diff']:+.4f} [{_num(m.get('diff_ci_low'), True)}, "
                      f"{_num(m.get('diff_ci_high'), True)}] vs "
-                     f"{self.tags['sweep_chosen_reference']}")
+                     f"{self.tags['sweep_chosen_reference']} ({_p_is(m.get('diff_p'))})")
+        if "regret" in m:
+            text += f"; regret {m['regret']:+.4f} vs the best on test"
         return text
+
+
+def _p_is(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "p n/a"
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
 
 
 def _num(x: float | None, signed: bool = False) -> str:
@@ -64,64 +79,71 @@ def sweep_job_runs(runs: pd.DataFrame, parent_run_id: str,
     return runs[mine].drop_duplicates("config_hash", keep="first")
 
 
-def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame,
+def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.DataFrame,
                     confidence: float = 0.95) -> SweepSummary:
     """The summary of a sweep's finished job runs (`runs`, as `load_runs` gives them) from their
-    per-query table (`load_per_query`; the chosen configuration's and the frozen arm's rows are
-    all it reads). Never raises for a sweep that cannot name a choice: the tag says why."""
+    per-query test scores (`load_per_query`) and selection scores (`load_selection`). Never
+    raises for a sweep that cannot name a choice: the tag says why."""
     out = SweepSummary()
     out.metrics["sweep_jobs"] = float(len(runs))
     if runs.empty:
         out.tags[CHOSEN_TAG] = "none: no job of this sweep finished"
         return out
     out.metrics["sweep_configurations"] = float(runs["group_hash"].nunique())
-    choice = select_on_validation(runs, metric=_VALIDATION)
-    if choice is None:
-        out.tags[CHOSEN_TAG] = (f"none: no job logged {_VALIDATION} "
-                                "(validation_fraction=0 leaves no validation queries)")
+    result, answer = study_answer(runs, per_query, selection, confidence)
+    if result is None:
+        out.tags[CHOSEN_TAG] = f"none: {answer['why']}"
         return out
-    out.tags.update({
-        CHOSEN_TAG: str(choice["config_label"]),
-        "sweep_chosen_group_hash": choice["group_hash"],
-        "sweep_chosen_on": f"mean final {_VALIDATION} over {choice['n_seeds']} seed(s), "
-                           f"{choice['n_candidates']} candidate configurations",
-        "sweep_chosen_interval": f"{confidence:.0%} t-interval over test queries, each "
-                                 "averaged over seeds"})
-    out.metrics.update({"sweep_chosen_val_ndcg_at_10": choice["val_mean"],
-                        "sweep_chosen_seeds": float(choice["n_seeds"])})
-    table = compare_to_reference(per_query, confidence=confidence) if not per_query.empty \
-        else pd.DataFrame()
-    rows = table[table["group_hash"] == choice["group_hash"]] if not table.empty else table
-    if rows.empty:
-        out.tags["sweep_chosen_interval"] = "none: the chosen runs have no per-query results"
-        return out
-    row = rows.iloc[0]
-    out.metrics.update({"sweep_chosen_test_ndcg_at_10": row["ndcg_mean"],
-                        "sweep_chosen_test_ndcg_at_10_ci_low": row["ci_low"],
-                        "sweep_chosen_test_ndcg_at_10_ci_high": row["ci_high"],
-                        "sweep_chosen_test_queries": float(row["n_queries"])})
-    if row["reference"] == "(reference)":
-        out.tags["sweep_chosen_reference"] = "itself: the frozen arm was chosen (no change)"
+    label, agreeing, cells = result.agreement()
+    out.tags[CHOSEN_TAG] = label
+    if result.nothing_to_choose:
+        out.tags["sweep_chosen_on"] = "nothing to choose: the sweep has one configuration"
     else:
-        out.tags["sweep_chosen_reference"] = str(row["reference"])
-        out.metrics.update({"sweep_chosen_diff": row["diff_vs_frozen"],
-                            "sweep_chosen_diff_ci_low": row["diff_ci_low"],
-                            "sweep_chosen_diff_ci_high": row["diff_ci_high"],
-                            "sweep_chosen_diff_p": row["p_ttest"]})
+        out.tags.update({
+            "sweep_chosen_on": "each fold's training-side queries (a trained configuration's "
+                               "validation slice, an untrained one's every training-side "
+                               f"query) among {answer['n_candidates']} configurations",
+            "sweep_chosen_folds": f"{agreeing} of {cells} (seed, fold) choices; "
+                                  f"{choices_text(result)}",
+            "sweep_chosen_per_fold": "; ".join(f"seed {c['seed']} fold {c['fold']}: "
+                                               f"{c['config_label']}"
+                                               for c in answer["choices"])})
+        out.metrics["sweep_chosen_agreement"] = agreeing / cells
+    out.tags["sweep_chosen_interval"] = (f"{confidence:.0%} t-interval over test queries, each "
+                                         "averaged over seeds")
+    if "ndcg_mean" in answer:
+        out.metrics.update({"sweep_chosen_test_ndcg_at_10": answer["ndcg_mean"],
+                            "sweep_chosen_test_ndcg_at_10_ci_low": answer["ci_low"],
+                            "sweep_chosen_test_ndcg_at_10_ci_high": answer["ci_high"],
+                            "sweep_chosen_test_queries": float(answer["n_queries"]),
+                            "sweep_chosen_seeds": float(answer["n_seeds"])})
+    if not result.nothing_to_choose and "regret" in answer:
+        out.metrics["sweep_chosen_regret"] = answer["regret"]
+    if "diff" in answer:
+        out.tags["sweep_chosen_reference"] = str(answer["reference"])
+        out.metrics.update({"sweep_chosen_diff": answer["diff"],
+                            "sweep_chosen_diff_ci_low": answer["diff_ci_low"],
+                            "sweep_chosen_diff_ci_high": answer["diff_ci_high"],
+                            "sweep_chosen_diff_p": answer["p_ttest"]})
+        if answer.get("seeds_deterministic"):
+            out.tags["sweep_chosen_diff_p_seeds"] = "deterministic: seeds do not vary"
+        else:
+            out.metrics["sweep_chosen_diff_p_seeds"] = answer["p_seeds"]
+    elif result.nothing_to_choose:
+        out.tags["sweep_chosen_reference"] = ("none: the sweep's one configuration is frozen, "
+                                              "its own reference")
+    else:
+        out.tags["sweep_chosen_reference"] = "none: no reference in this sweep"
     out.metrics = {k: float(v) for k, v in out.metrics.items() if math.isfinite(float(v))}
     return out
 
 
 def sweep_summary(tracking_uri: str, experiment: str, parent_run_id: str,
                   config_hashes: Iterable[str] = (), confidence: float = 0.95) -> SweepSummary:
-    """Load the sweep's runs from MLflow and summarise them (see `summarise_sweep`); only the
-    chosen configuration's and the frozen arm's per-query tables are downloaded."""
+    """Load the sweep's runs, per-query test scores and selection scores from MLflow and
+    summarise them (see `summarise_sweep`)."""
     runs = sweep_job_runs(load_runs(tracking_uri, experiment), parent_run_id, config_hashes)
     if runs.empty:
-        return summarise_sweep(runs, pd.DataFrame(), confidence)
-    choice = select_on_validation(runs, metric=_VALIDATION)
-    needed = runs["mode"] == Mode.FROZEN
-    if choice is not None:
-        needed |= runs["group_hash"] == choice["group_hash"]
-    per_query = load_per_query(tracking_uri, runs[needed]) if needed.any() else pd.DataFrame()
-    return summarise_sweep(runs, per_query, confidence)
+        return summarise_sweep(runs, pd.DataFrame(), pd.DataFrame(), confidence)
+    return summarise_sweep(runs, load_per_query(tracking_uri, runs),
+                           load_selection(tracking_uri, runs), confidence)
