@@ -86,8 +86,8 @@ def _write_beir(dataset, query_ids, out: Path) -> Path:
     return out
 
 
-def test_a_blended_run_exports_as_one_query_document_model(tmp_path: Path,
-                                                           teacher768_path: str) -> None:
+def test_a_blended_run_exports_as_one_query_document_model(
+        tmp_path: Path, teacher768_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run's index held normalize(0.5 student + 0.5 P teacher) with a trained adapter on
     top: the exported model's encode_document gives those index vectors, its encode_query the
     adapted student's, and mteb's own evaluator scores it at the run's final NDCG@10."""
@@ -96,6 +96,8 @@ def test_a_blended_run_exports_as_one_query_document_model(tmp_path: Path,
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
+
+    monkeypatch.chdir(tmp_path)  # the logged model's artifacts land in ./mlruns: the test's own
 
     from chelation.adapter import ResidualAdapter
     from chelation.documents import document_vectors
