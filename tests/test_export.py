@@ -97,8 +97,6 @@ def test_a_blended_run_exports_as_one_query_document_model(
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
-    monkeypatch.chdir(tmp_path)  # the logged model's artifacts land in ./mlruns: the test's own
-
     from chelation.adapter import ResidualAdapter
     from chelation.documents import document_vectors
     from chelation.encoders import CachedEncoder
@@ -148,6 +146,7 @@ def test_a_blended_run_exports_as_one_query_document_model(
     # logged with MLflow's sentence_transformers flavour, it loads back and encodes the same
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # the logged model's artifacts land in ./mlruns: the test's own
     loaded = mlflow.sentence_transformers.load_model(log_exported_model(run_id, out, uri))
     sample = [dataset.queries[q] for q in test[:5]]
     np.testing.assert_allclose(loaded.encode_query(sample), queries[:5], atol=1e-6)
