@@ -42,10 +42,13 @@ def blend_documents(student: np.ndarray, teacher: np.ndarray, weight: float) -> 
 
 @dataclass
 class DocumentChoice:
-    """The vectors chosen for the index and, when the teacher could not be had, why not."""
+    """The vectors chosen for the index, the projection that mapped the teacher's documents into
+    the student's frame (None when no teacher document entered the index) and, when the teacher
+    could not be had, why not."""
 
     vectors: np.ndarray
     fallback: str = Fallback.NONE
+    projection: np.ndarray | None = None
 
 
 def document_vectors(
@@ -69,7 +72,7 @@ def document_vectors(
         return DocumentChoice(student_docs, STUDENT_DOCUMENTS_FALLBACK)
     try:
         teacher.ensure_fitted(corpus_texts, student_docs)
-        teacher_docs = teacher.corpus_targets
+        teacher_docs, matrix = teacher.corpus_targets, teacher.matrix
         if settings.fit_queries and len(query_texts):
             matrix = fit_projection(
                 teacher.projection_kind,
@@ -80,4 +83,5 @@ def document_vectors(
     except TeacherUnavailable as err:
         log.info("%s; indexing the student's documents", err)
         return DocumentChoice(student_docs, STUDENT_DOCUMENTS_FALLBACK)
-    return DocumentChoice(blend_documents(student_docs, teacher_docs, weight))
+    return DocumentChoice(blend_documents(student_docs, teacher_docs, weight),
+                          projection=matrix)

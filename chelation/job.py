@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from chelation import resume, tracking
@@ -34,6 +35,9 @@ if TYPE_CHECKING:  # torch loads with the protocol, when a job runs (not when it
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, RESULTS_FILE, ADAPTERS_FOLDER = "config.yaml", "results.json", "adapters"
+# per fold, the teacher-to-student projection behind teacher (or blended) documents: what an
+# export needs to encode documents as the run's index held them
+PROJECTIONS_FOLDER = "projections"
 
 
 @dataclass
@@ -181,6 +185,8 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
         for name in (CONFIG_FILE, PER_QUERY_FILE, SELECTION_FILE, RESULTS_FILE):
             track(run.log_artifact, output_dir / name)
         track(run.log_artifact, output_dir / ADAPTERS_FOLDER)
+        if (output_dir / PROJECTIONS_FOLDER).is_dir():
+            track(run.log_artifact, output_dir / PROJECTIONS_FOLDER)
         track(run.finish, "FINISHED")
     if track.failed:  # what the sweep's end lists and chelation-import brings back
         summary.untracked, summary.run_id = True, None
@@ -281,6 +287,12 @@ def _save_outputs(summary: JobSummary, result: JobResult, output_dir: Path) -> N
     adapters.mkdir(exist_ok=True)
     for i, state in enumerate(result.adapter_states):
         torch.save(state, adapters / f"fold_{i}.pt")
+    if any(p is not None for p in result.projections):
+        projections = output_dir / PROJECTIONS_FOLDER
+        projections.mkdir(exist_ok=True)
+        for i, matrix in enumerate(result.projections):
+            if matrix is not None:
+                np.save(projections / f"fold_{i}.npy", matrix)
 
 
 def job_summary(label: str, seed: int, result: JobResult, seconds: float, output_dir: Path,

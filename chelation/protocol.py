@@ -80,6 +80,8 @@ class JobResult:
     n_cached: int = 0
     fallbacks: list[str] = field(default_factory=list)
     adapter_states: list[dict] = field(default_factory=list)
+    # per fold: the teacher-to-student projection behind the index's documents (None: student's)
+    projections: list[np.ndarray | None] = field(default_factory=list)
     query_cost: QueryCost | None = None
 
     @property
@@ -182,6 +184,7 @@ def run_encoded(
     folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
     fold_data = _fold_documents(encoded, folds, settings, teacher)
     result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != Fallback.NONE)
+    result.projections = [c.projection for c in fold_data]
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
                                     f.val, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]

@@ -1,9 +1,11 @@
-"""Export a finished run's adapted student as a sentence-transformers model folder.
+"""Export a finished run's model as a sentence-transformers model folder.
 
     chelation-export RUN_ID OUT_DIR [--tracking-uri sqlite:///mlflow.db] [--fold 0] [--no-log]
 
-`SentenceTransformer(OUT_DIR, trust_remote_code=True)` then loads it offline: the adapter is a
-module of this package (installed), which sentence-transformers imports only when trusted.
+`SentenceTransformer(OUT_DIR, trust_remote_code=True)` then loads it offline: the adapter (and,
+for a run with teacher or blended documents, the document path) are modules of this package
+(installed), which sentence-transformers imports only when trusted. A run with teacher or blended
+documents exports as one query/document model: use `encode_query` and `encode_document`.
 A split or official run has one adapter; a k-fold run has one per fold, each
 trained without its fold's test queries: `--fold` picks which. The folder is also logged to the
 run with MLflow's sentence_transformers flavour (`--no-log` skips that), so
@@ -27,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     out = export_run(args.run_id, args.out_dir, args.tracking_uri, args.fold)
     print(f"wrote {out}: SentenceTransformer('{out}', trust_remote_code=True) loads it "
-          "(the 'remote code' is this package's adapter module, installed here)")
+          "(the 'remote code' is this package's modules, installed here)")
     if not args.no_log:
         uri = log_exported_model(args.run_id, out, args.tracking_uri)
         print(f"logged to run {args.run_id} as {uri}: "

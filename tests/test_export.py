@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from chelation.data import make_synthetic
-from chelation.export import AdapterModule, ExportError, export_run, log_exported_model
+from chelation.export import AdapterModule, export_run, log_exported_model
 from chelation.job import run_tracked_job
 from chelation.metrics import per_query_scores
 from chelation.protocol import make_folds
@@ -68,8 +68,93 @@ def test_exported_model_reproduces_the_runs_final_ndcg(tmp_path: Path) -> None:
     assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
-def test_a_run_with_teacher_documents_is_refused(tmp_path: Path, teacher768_path: str) -> None:
-    run_id, uri, _ = _run(tmp_path, "mode=frozen", "index.documents=blend",
-                          "index.teacher_weight=0.5", f"teacher.model={teacher768_path}")
-    with pytest.raises(ExportError, match="teacher"):
-        export_run(run_id, tmp_path / "exported", uri)
+def _write_beir(dataset, query_ids, out: Path) -> Path:
+    """`dataset` as a BEIR folder whose judgments are those of `query_ids` only."""
+    (out / "qrels").mkdir(parents=True)
+    with open(out / "corpus.jsonl", "w") as fh:
+        for doc_id in dataset.doc_ids:
+            record = {"_id": doc_id, "title": "", "text": dataset.corpus[doc_id]}
+            fh.write(json.dumps(record) + "\n")
+    with open(out / "queries.jsonl", "w") as fh:
+        for query_id, text in dataset.queries.items():
+            fh.write(json.dumps({"_id": query_id, "text": text}) + "\n")
+    with open(out / "qrels" / "test.tsv", "w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for query_id, docs in dataset.subset_qrels(query_ids).items():
+            for doc_id, score in docs.items():
+                fh.write(f"{query_id}\t{doc_id}\t{score}\n")
+    return out
+
+
+def test_a_blended_run_exports_as_one_query_document_model(
+        tmp_path: Path, teacher768_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's index held normalize(0.5 student + 0.5 P teacher) with a trained adapter on
+    top: the exported model's encode_document gives those index vectors, its encode_query the
+    adapted student's, and mteb's own evaluator scores it at the run's final NDCG@10."""
+    import subprocess
+    import sys
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+
+    from chelation.adapter import ResidualAdapter
+    from chelation.documents import document_vectors
+    from chelation.encoders import CachedEncoder
+    from chelation.export import BlendedDocuments
+    from chelation.protocol import build_teacher, encode_dataset
+
+    run_id, uri, job = _run(tmp_path, "mode=baseline", "training.push=0.5", "training.lr=0.01",
+                            "chelation.trigger=always", "training.guard_tolerance=1.0",
+                            "index.documents=blend", "index.teacher_weight=0.5",
+                            f"teacher.model={teacher768_path}")
+    summary, settings = job["summary"], job["settings"]
+    assert summary.cycles[-1]["ndcg_at_10"] != summary.cycles[0]["ndcg_at_10"]  # it trained
+    out = export_run(run_id, tmp_path / "exported", uri)
+    assert json.loads((out / "modules.json").read_text())[0]["type"].endswith("Router")
+    model = SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
+    assert isinstance(model[0], Router) and isinstance(model[-1], AdapterModule)
+    assert isinstance(model[0].sub_modules["document"][0], BlendedDocuments)
+
+    # the run's own vectors, rebuilt by the code that built its index (cache, teacher,
+    # projection, blend) and its saved adapter
+    dataset = make_synthetic(0)
+    encoded = encode_dataset(dataset, CachedEncoder(settings.student.model, settings.cache_dir,
+                                                    show_progress=False))
+    choice = document_vectors(encoded.student_docs, settings.index, build_teacher(settings, False),
+                              [dataset.corpus[d] for d in dataset.doc_ids])
+    np.testing.assert_array_equal(
+        choice.projection, np.load(tmp_path / "job" / "projections" / "fold_0.npy"))
+    adapter = ResidualAdapter(encoded.student_docs.shape[1], settings.adapter.hidden_dim)
+    adapter.load_state_dict(torch_load(tmp_path / "job" / "adapters" / "fold_0.pt"))
+    index_vectors = adapter.apply(choice.vectors)
+    assert np.abs(index_vectors - adapter.apply(encoded.student_docs)).max() > 1e-2  # blended
+    test = make_folds(dataset.judged_query_ids, settings)[0].test
+
+    docs = model.encode_document([dataset.corpus[d] for d in dataset.doc_ids], batch_size=64)
+    queries = model.encode_query([dataset.queries[q] for q in test], batch_size=64)
+    np.testing.assert_allclose(docs, index_vectors, atol=1e-6)
+    np.testing.assert_allclose(queries, adapter.apply(encoded.query_matrix(test)), atol=1e-6)
+
+    # mteb, through the command, scores the run's test queries at the run's final NDCG@10
+    folder = _write_beir(dataset, test, tmp_path / "beir")
+    report = tmp_path / "mteb.json"
+    subprocess.run([sys.executable, "-m", "chelation_harness.mteb_eval", str(out), str(folder),
+                    "--json", str(report)], check=True, cwd=tmp_path)
+    referee = json.loads(report.read_text())["main_score"]
+    assert abs(referee - summary.final_ndcg_at_10) < 1e-4, (referee, summary.final_ndcg_at_10)
+
+    # logged with MLflow's sentence_transformers flavour, it loads back and encodes the same
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # the logged model's artifacts land in ./mlruns: the test's own
+    loaded = mlflow.sentence_transformers.load_model(log_exported_model(run_id, out, uri))
+    sample = [dataset.queries[q] for q in test[:5]]
+    np.testing.assert_allclose(loaded.encode_query(sample), queries[:5], atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_document(sample), model.encode_document(sample),
+                               atol=1e-6)
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
