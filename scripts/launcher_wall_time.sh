@@ -17,7 +17,7 @@ for launcher in basic joblib ray; do
     extra=()
     [ "$launcher" = joblib ] && extra=(hydra.launcher.n_jobs=2)
     started=$(date +%s.%N)
-    "$PYTHON" -m chelation_harness.train -m "hydra/launcher=$launcher" "${extra[@]}" \
+    "$PYTHON" -m experiments.train -m "hydra/launcher=$launcher" "${extra[@]}" \
         mode=baseline,frozen seed=0,1,2 cycles=1 queries_per_cycle=10 query_cost_sample=0 \
         show_progress=false "cache_dir=$cache" "tracking.uri=$uri" \
         "tracking.experiment=wall-$launcher" "hydra.sweep.dir=$work/$launcher" \

@@ -49,7 +49,7 @@ def free_port() -> int:
 def run_sweep(folder: Path) -> str:
     uri = f"sqlite:///{folder}/mlflow.db"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "chelation_harness.train", "-m",
+    subprocess.run([sys.executable, "-m", "experiments.train", "-m",
                     "mode=frozen,baseline,offline,hybrid", "seed=0,1", f"tracking.uri={uri}",
                     f"tracking.experiment={EXPERIMENT}", "show_progress=false",
                     f"hydra.sweep.dir={folder}/multirun"], cwd=folder, env=env, check=True)

@@ -524,7 +524,7 @@ def _parent(store, experiment):
 
 
 def test_the_sweep_summary_is_the_nested_choice_and_its_test_interval(store, tmp_path):
-    from chelation_harness.callbacks import log_sweep_summary
+    from experiments.callbacks import log_sweep_summary
 
     client, parent = _parent(store, "full")
     summary = log_sweep_summary(store, "full", parent, tmp_path, "the table")
@@ -713,7 +713,7 @@ def test_labels_shared_by_different_configurations_get_their_differing_params():
 
 
 def test_relative_sqlite_uris_are_made_absolute_for_the_notebook(tmp_path, monkeypatch) -> None:
-    from chelation_harness.analyse import absolute_sqlite
+    from experiments.analyse import absolute_sqlite
 
     monkeypatch.chdir(tmp_path)
     assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"

@@ -226,7 +226,7 @@ def test_a_job_asked_for_bfloat16_on_a_cpu_without_it_says_so_and_runs_in_float3
     env = {**os.environ, BF16_ENV: "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-m", "chelation_harness.train", "mode=frozen", "cycles=1",
+        [sys.executable, "-m", "experiments.train", "mode=frozen", "cycles=1",
          "student.precision=bfloat16", "query_cost_sample=0", "show_progress=false",
          f"cache_dir={os.environ['CHELATION_TEST_CACHE']}",
          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/job"],

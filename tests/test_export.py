@@ -16,7 +16,7 @@ from chelation.export import AdapterModule, export_run, log_exported_model
 from chelation.job import run_tracked_job
 from chelation.metrics import per_query_scores
 from chelation.protocol import make_folds
-from chelation_harness.train import job_config
+from experiments.train import job_config
 from tests.test_harness import compose_with
 
 pytestmark = pytest.mark.slow
@@ -138,7 +138,7 @@ def test_a_blended_run_exports_as_one_query_document_model(
     # mteb, through the command, scores the run's test queries at the run's final NDCG@10
     folder = _write_beir(dataset, test, tmp_path / "beir")
     report = tmp_path / "mteb.json"
-    subprocess.run([sys.executable, "-m", "chelation_harness.mteb_eval", str(out), str(folder),
+    subprocess.run([sys.executable, "-m", "experiments.mteb_eval", str(out), str(folder),
                     "--json", str(report)], check=True, cwd=tmp_path)
     referee = json.loads(report.read_text())["main_score"]
     assert abs(referee - summary.final_ndcg_at_10) < 1e-4, (referee, summary.final_ndcg_at_10)

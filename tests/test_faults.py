@@ -27,7 +27,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 def _cli(tmp: Path, *overrides: str, uri: str | None = None) -> list[str]:
     flags = [o for o in overrides if o.startswith("-")]
     rest = [o for o in overrides if not o.startswith("-")]
-    return [sys.executable, "-m", "chelation_harness.train", *flags, *SMALL,
+    return [sys.executable, "-m", "experiments.train", *flags, *SMALL,
             f"cache_dir={os.environ['CHELATION_TEST_CACHE']}",
             f"tracking.uri={uri or f'sqlite:///{tmp}/mlflow.db'}", *rest]
 
@@ -92,7 +92,7 @@ def test_a_store_deleted_mid_sweep_costs_no_result_and_import_brings_them_back(t
     assert "not in the MLflow store" in log and "chelation-import" in log
 
     fresh = f"sqlite:///{tmp_path}/fresh.db"
-    imp = [sys.executable, "-m", "chelation_harness.import_results", str(sweep),
+    imp = [sys.executable, "-m", "experiments.import_results", str(sweep),
            "--tracking-uri", fresh, "--experiment", "imported"]
     first_import = subprocess.run(imp, env=ENV, capture_output=True, text=True, timeout=300)
     assert first_import.returncode == 0, first_import.stderr[-3000:]

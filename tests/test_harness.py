@@ -21,11 +21,11 @@ from chelation import tracking
 from chelation.identity import as_mapping, flatten
 from chelation.kinds import MODES
 from chelation.settings import DEFAULT_STUDENT, JobConfig, SettingsError
-from chelation_harness.schema import register
-from chelation_harness.train import job_config
+from experiments.schema import register
+from experiments.train import job_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "chelation_harness" / "conf"
+CONF = REPO / "conf"
 
 
 def compose_with(*overrides: str):
@@ -113,7 +113,7 @@ def test_wrong_type_fails_when_composing() -> None:
 
 def _train(tmp: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "chelation_harness.train", *overrides,
+    cmd = [sys.executable, "-m", "experiments.train", *overrides,
            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "show_progress=false"]
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
@@ -275,7 +275,7 @@ def test_interrupted_sweep_is_completed_without_duplicates(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
-    from chelation_harness.analyse import execute_notebook
+    from experiments.analyse import execute_notebook
 
     out = sweep_store / "analysis"
     report = out / "RESULTS.md"
@@ -337,7 +337,7 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
 def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
     import json
 
-    from chelation_harness.callbacks import sweep_table
+    from experiments.callbacks import sweep_table
 
     jobs = [("baseline", 0, 0.30, 0.31, [0, 1, 1], 0, "none"),
             ("frozen/x", 0, 0.33, 0.33, [0, 0, 0], 0, "none"),
@@ -359,7 +359,7 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
 
 
 def test_the_sweep_is_named_after_its_preset_or_the_overrides_that_decide_its_jobs() -> None:
-    from chelation_harness.callbacks import sweep_name
+    from experiments.callbacks import sweep_name
 
     assert sweep_name(["+experiment=study_arms", "seed=0,1"]) == "sweep study_arms"
     assert sweep_name(["mode=frozen,hybrid", "seed=0,1", "tracking.uri=sqlite:///x.db",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chelation.identity import config_label, identity
-from chelation_harness.train import job_config
+from experiments.train import job_config
 from tests.test_harness import compose_with
 
 

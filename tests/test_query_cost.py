@@ -63,9 +63,9 @@ def test_model_is_timed_once_per_machine_and_kept_beside_its_store(
 
 _JOB = """
 import runpy, sys
-sys.argv = ["chelation_harness.train", *sys.argv[1:]]
+sys.argv = ["experiments.train", *sys.argv[1:]]
 try:
-    runpy.run_module("chelation_harness.train", run_name="__main__")
+    runpy.run_module("experiments.train", run_name="__main__")
 except SystemExit as stop:
     if stop.code:
         raise
@@ -82,12 +82,12 @@ def test_a_warm_job_never_imports_sentence_transformers(tmp_path: Path, cache_di
 
     from chelation.job import load_dataset
     from chelation.protocol import encode_dataset
-    from chelation_harness.schema import register
-    from chelation_harness.train import job_config
+    from experiments.schema import register
+    from experiments.train import job_config
 
     overrides = ["mode=hybrid", "cycles=1", "queries_per_cycle=10", f"cache_dir={cache_dir}"]
     register()
-    with initialize_config_dir(str(REPO / "chelation_harness" / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         config = job_config(compose("config", overrides=overrides))
     assert config.query_cost_sample > 0 and config.teacher.model == config.student.model
     # warm: the collection's texts in the store, the model's query time beside it

@@ -29,7 +29,7 @@ def _cli(tmp: Path, *overrides: str, log: str | None = None,
     out = open(tmp / (log or "out.log"), "w")  # noqa: SIM115 - closed by the caller's wait
     flags = [o for o in overrides if o.startswith("-")]  # argparse wants them first
     overrides = tuple(o for o in overrides if not o.startswith("-"))
-    return subprocess.Popen([sys.executable, "-m", "chelation_harness.train", *flags, *SMALL,
+    return subprocess.Popen([sys.executable, "-m", "experiments.train", *flags, *SMALL,
                              f"cache_dir={os.environ['CHELATION_TEST_CACHE']}",
                              f"tracking.uri={uri or f'sqlite:///{tmp}/mlflow.db'}", *overrides],
                             cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -68,7 +68,7 @@ def test_a_job_that_fell_back_trains_with_its_teacher_once_installed(tmp_path: P
     analysis reads one run for it."""
     from chelation.analysis.runs import load_runs
     from chelation.job import run_tracked_job
-    from chelation_harness.train import job_config
+    from experiments.train import job_config
     from tests.test_harness import compose_with
 
     monkeypatch.setenv("CHELATION_MODELS", str(tmp_path / "models"))

@@ -8,8 +8,8 @@ import numpy as np
 from chelation.data.clustered import clustered_vectors
 from chelation.protocol import run_encoded
 from chelation.retriever import EncodedDataset
+from chelation.scale import growth
 from chelation.settings import RunSettings, TrainingSettings
-from chelation_harness.scale_benchmark import growth
 
 
 def test_clustered_vectors_are_seeded_unit_rows_with_judgments_in_their_cluster() -> None:

@@ -78,7 +78,7 @@ def test_a_job_returns_validation_and_a_skipped_job_reads_its_run_back(tmp_path:
     import os
 
     from chelation.job import run_tracked_job
-    from chelation_harness.train import job_config
+    from experiments.train import job_config
     from tests.test_harness import compose_with
 
     cfg = compose_with("cycles=2", "queries_per_cycle=20", "show_progress=false",

@@ -1,9 +1,9 @@
 """Hydra's multi-line composition errors said in one line (the CLI itself: tests/test_faults.py
-and the battery, chelation_harness/bad_inputs.py)."""
+and the battery, benchmarks/bad_inputs.py)."""
 
 from __future__ import annotations
 
-from chelation_harness.user_errors import hydra_error_line
+from experiments.user_errors import hydra_error_line
 
 MISSING_OPTION = """In 'config': Could not find 'weight/nope'
 

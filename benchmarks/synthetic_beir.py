@@ -1,7 +1,7 @@
 """Write the synthetic collection, at any size, as a BEIR folder (for end-to-end runs on real
 encoded text at scale: the texts are generated, the model really encodes them).
 
-    python -m chelation_harness.synthetic_beir OUT [--topics 16 --docs-per-topic 1250]
+    python -m benchmarks.synthetic_beir OUT [--topics 16 --docs-per-topic 1250]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train and evaluate one configuration (or a sweep with -m), logging every cycle to MLflow.
 
-    python -m chelation_harness.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
-    python -m chelation_harness.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
+    python -m experiments.train mode=hybrid teacher=mpnet weight.value=0.3 dataset=cranfield
+    python -m experiments.train -m mode=baseline,hybrid weight.value=0.1,0.5 seed=0,1,2
 """
 
 from __future__ import annotations
@@ -15,13 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from chelation.job import run_tracked_job
 from chelation.settings import JobConfig, SettingsError
-from chelation_harness.callbacks import parent_run_id
-from chelation_harness.schema import register, schema_keys
-from chelation_harness.user_errors import USER_ERRORS, exit_for, held_stderr, release_stderr
+from experiments.callbacks import parent_run_id
+from experiments.schema import register, schema_keys
+from experiments.user_errors import USER_ERRORS, exit_for, held_stderr, release_stderr
 
 register()
-# An absolute path: a console script gives Hydra no calling file to resolve "conf" against.
-CONF = str(Path(__file__).resolve().parent / "conf")
+
+
+def config_dir() -> str:
+    """The Hydra menu, as an absolute path (a console script gives Hydra no calling file to
+    resolve a relative one against): the copy a wheel installs beside this module
+    (experiments/conf), else the source tree's conf/ at the repository's top."""
+    here = Path(__file__).resolve().parent
+    installed = here / "conf"
+    return str(installed if (installed / "config.yaml").is_file() else here.parent / "conf")
+
+
+CONF = config_dir()
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")

@@ -24,7 +24,7 @@ from chelation.identity import NOT_IDENTITY, identity
 from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
-from chelation_harness.user_errors import exit_for, release_stderr
+from experiments.user_errors import exit_for, release_stderr
 
 if TYPE_CHECKING:
     from chelation.analysis.sweep import SweepSummary

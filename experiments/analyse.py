@@ -1,6 +1,6 @@
 """Execute notebooks/analysis.ipynb headless against an MLflow experiment.
 
-    python -m chelation_harness.analyse --tracking-uri sqlite:///mlflow.db --experiment NAME \
+    python -m experiments.analyse --tracking-uri sqlite:///mlflow.db --experiment NAME \
         [--output-dir analysis_output] [--results-md results/RESULTS.md]
 
 The parameters cell (tagged `parameters`) is replaced by the given values; the executed notebook,

@@ -1,1 +1,0 @@
-"""Hydra entry points and recorded results."""
