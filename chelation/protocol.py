@@ -283,7 +283,13 @@ def _selection_scores(retriever: ChelatedRetriever, fold: Fold) -> dict[str, flo
 
 
 def _cycle_zero(retrievers, folds) -> CycleRecord:
-    return _evaluate_folds(retrievers, folds, CycleRecord(0, 0.0, 0.0, 0.0, float("nan"), {}))
+    return _evaluate_folds(retrievers, folds, _blank_record(0))
+
+
+def _blank_record(cycle: int) -> CycleRecord:
+    """A cycle's record before its folds are scored into it."""
+    return CycleRecord(cycle=cycle, ndcg_at_10=0.0, ndcg_at_10_std=0.0, recall_at_100=0.0,
+                       val_ndcg_at_10=float("nan"), per_query={})
 
 
 def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSettings,
@@ -305,7 +311,7 @@ def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSetting
 
 def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSettings,
                  rng: np.random.Generator) -> CycleRecord:
-    record = CycleRecord(cycle, 0.0, 0.0, 0.0, float("nan"), {})
+    record = _blank_record(cycle)
     outcomes: list[SedimentResult] = []
     for r, f in zip(retrievers, folds, strict=True):
         take = min(settings.queries_per_cycle, len(f.fit))
