@@ -115,7 +115,7 @@ def make_folds(query_ids: list[str], settings: RunSettings,
     for train, test in pairs:
         fit, val = (validation_slice(train, settings.validation_fraction, settings.seed)
                     if settings.validation_fraction > 0 else (list(train), []))
-        folds.append(Fold(fit, val, list(test)))
+        folds.append(Fold(fit=fit, val=val, test=list(test)))
     return folds
 
 
@@ -123,7 +123,8 @@ def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> Encoded
     docs = encoder.encode([dataset.corpus[d] for d in dataset.doc_ids], desc="corpus")
     qids = dataset.all_query_ids
     queries = encoder.encode([dataset.queries[q] for q in qids], desc="queries")
-    return EncodedDataset(dataset, docs, dict(zip(qids, queries, strict=True)))
+    return EncodedDataset(dataset=dataset, docs=docs,
+                          queries=dict(zip(qids, queries, strict=True)))
 
 
 def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher | None:

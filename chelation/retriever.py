@@ -274,9 +274,10 @@ class ChelatedRetriever:
             return None
         candidates, probs = teacher_ranking(teacher_q, self._teacher_docs, cfg.listwise_k,
                                             cfg.listwise_temperature)
-        targets = RankingTargets(self.encoded.query_matrix(list(query_ids)), candidates, probs)
-        return ListwiseTerm(targets, self.encoded.docs, cfg.listwise_weight,
-                            cfg.listwise_temperature)
+        targets = RankingTargets(query_raw=self.encoded.query_matrix(list(query_ids)),
+                                 candidates=candidates, probs=probs)
+        return ListwiseTerm(targets=targets, doc_raw=self.encoded.docs,
+                            weight=cfg.listwise_weight, temperature=cfg.listwise_temperature)
 
     def _alignment(self) -> float:
         if self._teacher_docs is None:
