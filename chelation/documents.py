@@ -65,11 +65,11 @@ def document_vectors(
     or encode leaves the student's documents, and the choice says so."""
     weight = settings.document_weight
     if weight == 0.0:
-        return DocumentChoice(student_docs)
+        return DocumentChoice(vectors=student_docs)
     if teacher is None:
         log.warning("index.documents=%s needs a teacher; indexing the student's documents",
                     settings.documents)
-        return DocumentChoice(student_docs, STUDENT_DOCUMENTS_FALLBACK)
+        return DocumentChoice(vectors=student_docs, fallback=STUDENT_DOCUMENTS_FALLBACK)
     try:
         teacher.ensure_fitted(corpus_texts, student_docs)
         teacher_docs, matrix = teacher.corpus_targets, teacher.matrix
@@ -82,6 +82,6 @@ def document_vectors(
             teacher_docs = project(teacher.corpus_raw, matrix)
     except TeacherUnavailable as err:
         log.info("%s; indexing the student's documents", err)
-        return DocumentChoice(student_docs, STUDENT_DOCUMENTS_FALLBACK)
-    return DocumentChoice(blend_documents(student_docs, teacher_docs, weight),
+        return DocumentChoice(vectors=student_docs, fallback=STUDENT_DOCUMENTS_FALLBACK)
+    return DocumentChoice(vectors=blend_documents(student_docs, teacher_docs, weight),
                           projection=matrix)

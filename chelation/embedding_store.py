@@ -65,8 +65,9 @@ class Manifest:
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        return cls(int(data["dim"]), int(data["generation"]),
-                   tuple(Chunk(int(r), int(v), int(k)) for r, v, k in data["chunks"]))
+        return cls(dim=int(data["dim"]), generation=int(data["generation"]),
+                   chunks=tuple(Chunk(rows=int(r), vectors_crc=int(v), keys_crc=int(k))
+                                for r, v, k in data["chunks"]))
 
 
 class EmbeddingStore:
@@ -227,7 +228,7 @@ class EmbeddingStore:
                 keep[start:start + chunk.rows] = True
                 kept.append(chunk)
             start += chunk.rows
-        fresh = Manifest(manifest.dim, manifest.generation + 1, tuple(kept))
+        fresh = Manifest(dim=manifest.dim, generation=manifest.generation + 1, chunks=tuple(kept))
         for kind, array in (("vectors", vectors), ("keys", keys)):
             rows = np.flatnonzero(keep[:len(array)])
             self._write_at(self._path(kind, fresh), 0, np.ascontiguousarray(array[rows]))
@@ -278,12 +279,13 @@ class EmbeddingStore:
         if len(keys) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        manifest = self._manifest or Manifest(vectors.shape[1], 0, ())
+        manifest = self._manifest or Manifest(dim=vectors.shape[1], generation=0, chunks=())
         rows = manifest.rows
         self._write_at(self._path("vectors", manifest), rows * manifest.dim * 4, vectors)
         self._write_at(self._path("keys", manifest), rows * KEY_DTYPE.itemsize, keys)
-        chunk = Chunk(len(keys), zlib.crc32(vectors), zlib.crc32(keys))
-        self._manifest = Manifest(manifest.dim, manifest.generation, manifest.chunks + (chunk,))
+        chunk = Chunk(rows=len(keys), vectors_crc=zlib.crc32(vectors), keys_crc=zlib.crc32(keys))
+        self._manifest = Manifest(dim=manifest.dim, generation=manifest.generation,
+                                  chunks=manifest.chunks + (chunk,))
         self._commit(self._manifest)
 
     @contextmanager

@@ -70,7 +70,7 @@ class VectorIndex(ABC):
         if with_vectors:
             vectors = np.asarray([[p.vector for p in hits] for hits in points], dtype=np.float32)
             vectors = vectors.reshape(len(points), -1, self.dim)
-        return Hits(doc_ids, scores, vectors)
+        return Hits(doc_ids=doc_ids, scores=scores, vectors=vectors)
 
     @abstractmethod
     def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None: ...

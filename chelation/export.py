@@ -206,7 +206,8 @@ def export_run(run_id: str, out_dir: str | Path, tracking_uri: str, fold: int = 
     per fold, each trained without its fold's test queries). A run that indexed teacher (or
     blended) documents exports as a query/document model with the fold's projection."""
     from chelation import tracking
-    from chelation.job import ADAPTERS_FOLDER, PROJECTIONS_FOLDER
+    from chelation.job_files import ADAPTERS_FOLDER, PROJECTIONS_FOLDER
+    from chelation.tags import Tag
 
     client = tracking.client(tracking_uri)
     run = client.get_run(run_id)
@@ -214,7 +215,7 @@ def export_run(run_id: str, out_dir: str | Path, tracking_uri: str, fold: int = 
     index = IndexSettings(documents=params.get("index.documents", IndexSettings().documents),
                           teacher_weight=float(params.get("index.teacher_weight", 0) or 0))
     weight = index.document_weight
-    if weight > 0 and STUDENT_DOCUMENTS_FALLBACK in run.data.tags.get(tracking.Tag.FALLBACK, ""):
+    if weight > 0 and STUDENT_DOCUMENTS_FALLBACK in run.data.tags.get(Tag.FALLBACK, ""):
         log.warning("run %s could not have its teacher and indexed the student's documents: "
                     "exporting the adapted student", run_id)
         weight = 0.0

@@ -5,7 +5,6 @@ configuration that already has a finished run in the experiment is not imported 
 
 from __future__ import annotations
 
-import json
 import logging
 import typing
 from collections.abc import Iterable, Mapping
@@ -17,22 +16,21 @@ import yaml
 
 from chelation import tracking
 from chelation.identity import flatten, identity
-from chelation.job import (
+from chelation.job_files import (
     ADAPTERS_FOLDER,
     CONFIG_FILE,
+    PER_QUERY_FILE,
     RESULTS_FILE,
     JobSummary,
-    job_tags,
+    numeric_totals,
 )
+from chelation.job_run import job_tags
 from chelation.settings import JobConfig
-from chelation.tracking import PER_QUERY_FILE, Tag
+from chelation.tags import Tag
 
 log = logging.getLogger(__name__)
 
 IMPORTED_TAG = "chelation.imported_from"
-# results.json keys that are not figures of the run
-_NOT_FIGURES = {"config_hash", "group_hash", "config_label", "cycles", "run_id", "skipped",
-                "untracked", "fallback"}
 
 
 class NotAFinishedJob(ValueError):
@@ -62,17 +60,20 @@ def job_folders(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_job(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, results) of a finished job; NotAFinishedJob naming what is missing."""
+def read_job(folder: Path) -> tuple[dict[str, Any], JobSummary]:
+    """(config, summary) of a finished job; NotAFinishedJob naming what is missing."""
     for name in (CONFIG_FILE, RESULTS_FILE, PER_QUERY_FILE, ADAPTERS_FOLDER):
         if not (folder / name).exists():
             raise NotAFinishedJob(f"{folder}: no {name}, not a finished job's folder")
     config = yaml.safe_load((folder / CONFIG_FILE).read_text())
-    results = json.loads((folder / RESULTS_FILE).read_text())
-    if results.get("final_ndcg_at_10") is None or not results.get("cycles"):
+    try:
+        results = JobSummary.read(folder)
+    except ValueError as err:
+        raise NotAFinishedJob(str(err)) from None
+    if results.totals.get("final_ndcg_at_10") is None or not results.cycles:
         raise NotAFinishedJob(f"{folder}: {RESULTS_FILE} has no final figures (the job did not "
                               "finish)")
-    if identity(config)[0] != results.get("config_hash"):
+    if identity(config)[0] != results.config_hash:
         raise NotAFinishedJob(f"{folder}: {CONFIG_FILE} and {RESULTS_FILE} disagree on the "
                               "configuration (config hash)")
     return config, results
@@ -83,27 +84,27 @@ def import_job(folder: str | Path, uri: str | None = None,
     """Import one finished job's folder into the store `uri` (default: the one its config names),
     experiment `experiment` (likewise). A configuration with a finished run there is left as is."""
     folder = Path(folder)
-    config, results = read_job(folder)
+    config, summary = read_job(folder)
     uri = uri or config["tracking"]["uri"]
     experiment = experiment or config["tracking"]["experiment"]
     experiment_id = tracking.prepare_store(uri, experiment)
     client = tracking.client(uri)
-    config_hash = results["config_hash"]
+    config_hash = summary.config_hash
     done = tracking.finished_runs(client, experiment_id, config_hash)
     if done:
-        return Imported(folder, done[0].info.run_id, config_hash, created=False)
+        return Imported(folder=folder, run_id=done[0].info.run_id, config_hash=config_hash,
+                        created=False)
     job = _settings(JobConfig, config)
-    summary = JobSummary(config_hash, results["group_hash"], results["config_label"])
-    tags = {**job_tags(job, summary), Tag.FALLBACK: str(results.get("fallback", "none")),
+    tags = {**job_tags(job, summary), Tag.FALLBACK: str(summary.totals.get("fallback", "none")),
             Tag.GIT_COMMIT: "unknown (imported)", IMPORTED_TAG: str(folder.resolve())}
     run = tracking.JobRun(uri, experiment_id, f"{summary.config_label}/seed{job.seed}",
                           flatten(config), tags)
     try:
-        for cycle in results["cycles"]:
+        for cycle in summary.cycles:
             run.log_metrics({k: v for k, v in cycle.items()
                              if k not in ("cycle", "fallback") and _number(v)}, cycle["cycle"])
-        run.log_metrics({k: v for k, v in results.items()
-                         if k not in _NOT_FIGURES and _number(v)}, 0)
+        run.log_metrics({k: v for k, v in numeric_totals(summary.totals).items()
+                         if _number(v)}, 0)
         for name in (CONFIG_FILE, PER_QUERY_FILE, RESULTS_FILE):
             run.log_artifact(folder / name)
         run.log_artifact(folder / ADAPTERS_FOLDER)
@@ -111,7 +112,7 @@ def import_job(folder: str | Path, uri: str | None = None,
         run.finish("FAILED")
         raise
     run.finish("FINISHED")
-    return Imported(folder, run.run_id, config_hash, created=True)
+    return Imported(folder=folder, run_id=run.run_id, config_hash=config_hash, created=True)
 
 
 def _number(value: Any) -> bool:

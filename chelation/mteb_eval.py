@@ -121,4 +121,5 @@ def score_model(model_path: str, folder: str | Path, split: str = "test",
     scores = task_result.scores[split][0]
     log.info("mteb scored %s on %s (%s): %s %.6f", model_path, folder, split, MAIN_SCORE,
              scores["main_score"])
-    return MtebScore(model_path, str(folder), split, float(scores["main_score"]), dict(scores))
+    return MtebScore(model=model_path, folder=str(folder), split=split,
+                     main_score=float(scores["main_score"]), scores=dict(scores))

@@ -115,7 +115,7 @@ def make_folds(query_ids: list[str], settings: RunSettings,
     for train, test in pairs:
         fit, val = (validation_slice(train, settings.validation_fraction, settings.seed)
                     if settings.validation_fraction > 0 else (list(train), []))
-        folds.append(Fold(fit, val, list(test)))
+        folds.append(Fold(fit=fit, val=val, test=list(test)))
     return folds
 
 
@@ -123,7 +123,8 @@ def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> Encoded
     docs = encoder.encode([dataset.corpus[d] for d in dataset.doc_ids], desc="corpus")
     qids = dataset.all_query_ids
     queries = encoder.encode([dataset.queries[q] for q in qids], desc="queries")
-    return EncodedDataset(dataset, docs, dict(zip(qids, queries, strict=True)))
+    return EncodedDataset(dataset=dataset, docs=docs,
+                          queries=dict(zip(qids, queries, strict=True)))
 
 
 def build_teacher(settings: RunSettings, show_progress: bool = True) -> Teacher | None:
@@ -283,7 +284,13 @@ def _selection_scores(retriever: ChelatedRetriever, fold: Fold) -> dict[str, flo
 
 
 def _cycle_zero(retrievers, folds) -> CycleRecord:
-    return _evaluate_folds(retrievers, folds, CycleRecord(0, 0.0, 0.0, 0.0, float("nan"), {}))
+    return _evaluate_folds(retrievers, folds, _blank_record(0))
+
+
+def _blank_record(cycle: int) -> CycleRecord:
+    """A cycle's record before its folds are scored into it."""
+    return CycleRecord(cycle=cycle, ndcg_at_10=0.0, ndcg_at_10_std=0.0, recall_at_100=0.0,
+                       val_ndcg_at_10=float("nan"), per_query={})
 
 
 def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSettings,
@@ -305,7 +312,7 @@ def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSetting
 
 def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSettings,
                  rng: np.random.Generator) -> CycleRecord:
-    record = CycleRecord(cycle, 0.0, 0.0, 0.0, float("nan"), {})
+    record = _blank_record(cycle)
     outcomes: list[SedimentResult] = []
     for r, f in zip(retrievers, folds, strict=True):
         take = min(settings.queries_per_cycle, len(f.fit))

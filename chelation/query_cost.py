@@ -57,8 +57,9 @@ def model_timing(encoder: CachedEncoder, texts: Sequence[str]) -> ModelTiming:
     if known is not None and known.cpu == cpu:
         return known
     seconds = time_model(encoder, texts)
-    timing = ModelTiming(1000 * float(np.median(seconds)), len(seconds), cpu, encoder.precision,
-                         time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    timing = ModelTiming(encode_ms=1000 * float(np.median(seconds)), n_texts=len(seconds), cpu=cpu,
+                         precision=encoder.precision,
+                         measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _write_json(path, asdict(timing))
     log.info("%s: %.2f ms per query to encode on %s (median of %d; kept in %s)", encoder.name,
              timing.encode_ms, cpu, len(seconds), path)
@@ -102,7 +103,7 @@ def measure_query_cost(encoder: CachedEncoder, adapter: ResidualAdapter, index: 
     (model_timing) plus the median of this job's adapter, and the median of one search of this
     job's index, each timed on its own."""
     if not texts:
-        return QueryCost(float("nan"), float("nan"), 0)
+        return QueryCost(encode_ms=float("nan"), search_ms=float("nan"), n_queries=0)
     model_ms = model_timing(encoder, texts).encode_ms
     adapt, search = [], []
     for i in range(len(texts)):
@@ -113,8 +114,8 @@ def measure_query_cost(encoder: CachedEncoder, adapter: ResidualAdapter, index: 
         t2 = time.perf_counter()
         adapt.append(t1 - t0)
         search.append(t2 - t1)
-    return QueryCost(model_ms + 1000 * float(np.median(adapt)),
-                     1000 * float(np.median(search)), len(texts))
+    return QueryCost(encode_ms=model_ms + 1000 * float(np.median(adapt)),
+                     search_ms=1000 * float(np.median(search)), n_queries=len(texts))
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chelation.kinds import Fallback
-from chelation.tracking import Tag
+from chelation.tags import Tag
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from chelation.adapter import ListwiseTerm, ResidualAdapter, fit_adapter
+from chelation.collapse_log import CollapseLog
 from chelation.data import RetrievalDataset
 from chelation.engine import open_index
-from chelation.events import CollapseLog
 from chelation.kinds import Fallback, Mode
 from chelation.listwise import RankingTargets, teacher_ranking
 from chelation.metrics import mean_and_std, per_query_scores
@@ -152,7 +152,8 @@ class ChelatedRetriever:
         ndcg = {q: s["ndcg_at_10"] for q, s in scores.items()}
         mean, std = mean_and_std(list(ndcg.values()))
         recall, _ = mean_and_std([s["recall_at_100"] for s in scores.values()])
-        return EvalResult(mean, std, recall, ndcg, time.perf_counter() - started)
+        return EvalResult(ndcg_at_10=mean, ndcg_at_10_std=std, recall_at_100=recall,
+                          per_query=ndcg, seconds=time.perf_counter() - started)
 
     def run_queries(self, query_ids: Sequence[str]) -> QueryPhaseResult:
         """Search the train queries with chelation: scout the neighbourhood, chelate the dense
@@ -161,7 +162,8 @@ class ChelatedRetriever:
         cfg = self.settings.chelation
         query_ids = list(query_ids)
         if not query_ids:
-            return QueryPhaseResult(0, 0, float("nan"), {}, 0.0)
+            return QueryPhaseResult(n_queries=0, n_chelated=0, threshold=float("nan"),
+                                    rankings={}, seconds=0.0)
         self._last_queries = query_ids
         queries = self.adapter.apply(self.encoded.query_matrix(query_ids))
         hits = self.index.search(queries, cfg.scout_k, with_vectors=True)
@@ -177,8 +179,9 @@ class ChelatedRetriever:
                 self.collapses.record(np.array([self._positions[d] for d in ids]), centre)
                 ids = [ids[j] for j in order]
             rankings[q] = ids
-        return QueryPhaseResult(len(query_ids), int(chelate.sum()), threshold, rankings,
-                                time.perf_counter() - started)
+        return QueryPhaseResult(n_queries=len(query_ids), n_chelated=int(chelate.sum()),
+                                threshold=threshold, rankings=rankings,
+                                seconds=time.perf_counter() - started)
 
     def sediment(self, teacher_weight: float = 0.0) -> SedimentResult:
         """One cycle's training on the documents that collapsed often enough, then re-index."""
@@ -271,9 +274,10 @@ class ChelatedRetriever:
             return None
         candidates, probs = teacher_ranking(teacher_q, self._teacher_docs, cfg.listwise_k,
                                             cfg.listwise_temperature)
-        targets = RankingTargets(self.encoded.query_matrix(list(query_ids)), candidates, probs)
-        return ListwiseTerm(targets, self.encoded.docs, cfg.listwise_weight,
-                            cfg.listwise_temperature)
+        targets = RankingTargets(query_raw=self.encoded.query_matrix(list(query_ids)),
+                                 candidates=candidates, probs=probs)
+        return ListwiseTerm(targets=targets, doc_raw=self.encoded.docs,
+                            weight=cfg.listwise_weight, temperature=cfg.listwise_temperature)
 
     def _alignment(self) -> float:
         if self._teacher_docs is None:

@@ -6,7 +6,6 @@ resume looks for; `group_hash` is the same hash without the seed, so the analysi
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import logging
@@ -15,14 +14,13 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from chelation.kinds import Fallback
-from chelation.run_owner import Heartbeat, owner_alive, owner_tags
+from chelation.run_owner import Heartbeat, owner_tags
+from chelation.tags import PARENT_TAG, ROLE_TAG, SWEEP_DIR_TAG, Tag
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -31,39 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-ROLE_TAG = "chelation.role"
 _BATCH = 100
-# (cycle, query_id, ndcg_at_10, fold) per job: what the analysis pairs configurations on
-PER_QUERY_FILE = "per_query_ndcg.csv"
-# per fold, the per-query scores a fold may choose a configuration on (never its test queries)
-SELECTION_FILE = "selection_ndcg.csv"
 
-
-class Tag(StrEnum):
-    """The tags every job run carries; the analysis reads them back as columns of the same names."""
-
-    MODE = "mode"
-    TEACHER = "teacher"
-    STUDENT = "student"
-    DATASET = "dataset"
-    SEED = "seed"
-    SCHEDULE = "schedule"
-    PROJECTION = "projection"
-    PROTOCOL = "protocol"
-    INDEX_DOCUMENTS = "index_documents"
-    INDEX_TEACHER_WEIGHT = "index_teacher_weight"
-    CONFIG_HASH = "config_hash"  # the job's identity: what resume and the claim look for
-    GROUP_HASH = "group_hash"    # the same without the seed: what the analysis pairs seeds on
-    CONFIG_LABEL = "config_label"
-    FALLBACK = "fallback"
-    GIT_COMMIT = "git_commit"
-    RERUN_OF = "rerun_of"            # this run replaces a finished run that fell back
-    SUPERSEDED_BY = "superseded_by"  # on a run that fell back: the run that replaced it
-
-
-SWEEP_DIR_TAG = "sweep_dir"  # on a sweep's parent run: the folder its jobs write into
 # MLflow 3.17's UI shows GenAI or training views by its own switch (the URL's workflowType, else
 # the browser's last choice, GenAI at first), whatever the experiment's kind; sorted by a metric,
 # the runs list shows every job instead of folding them under their sweep's run.
@@ -270,30 +238,6 @@ class JobRun:
             RunStatus.from_string(status)))
 
 
-def write_per_query_table(path: str | Path, rows: list[tuple[int, str, float]]
-                          | list[tuple[int, str, float, int]]) -> Path:
-    """CSV of (cycle, query_id, ndcg_at_10[, fold]): what the analysis pairs configurations on,
-    each test query with the fold that tested it."""
-    path = Path(path)
-    head = ["cycle", "query_id", "ndcg_at_10"]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(head + ["fold"] if rows and len(rows[0]) > 3 else head)
-        writer.writerows(rows)
-    return path
-
-
-def write_selection_table(path: str | Path, rows: list[tuple[int, int, str, float]]) -> Path:
-    """CSV of (cycle, fold, query_id, ndcg_at_10): per fold, the training-side queries that fold
-    may choose a configuration on (the analysis's nested selection reads only these)."""
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["cycle", "fold", "query_id", "ndcg_at_10"])
-        writer.writerows(rows)
-    return path
-
-
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return text[:6000]
@@ -301,58 +245,3 @@ def _param_value(value: Any) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-
-def claim(client: MlflowClient, experiment_id: str, hash_: str, run_id: str,
-          parent_run_id: str | None) -> bool:
-    """After creating `run_id`, decide whether it owns its configuration: not if a run of the same
-    config has finished meanwhile, nor if a run of it that started earlier is still running with
-    a live owner, in this sweep or any other (a finished run that fell back is replaced, not a
-    rival). Runs made before owners were recorded count as live when they are siblings in this
-    sweep. A run that loses ends KILLED and deletes itself."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{Tag.CONFIG_HASH} = '{hash_}' and attributes.status != 'KILLED'",
-    )
-    rivals = []
-    for run in runs:
-        if run.info.run_id == run_id:
-            continue
-        if run.info.status == "FINISHED":
-            # a run that fell back is no rival: resume re-runs it once its model is back
-            if not Fallback.degraded(run.data.tags.get(Tag.FALLBACK)):
-                rivals.append((0, "", run.info.run_id))
-        elif run.info.status == "RUNNING":
-            alive = owner_alive(run.data.tags)
-            if alive is None:
-                alive = bool(parent_run_id) and run.data.tags.get(PARENT_TAG) == parent_run_id
-            if alive:
-                rivals.append((run.info.start_time, run.info.run_id, run.info.run_id))
-    mine = client.get_run(run_id).info
-    if any(r[:2] < (mine.start_time, run_id) for r in rivals):
-        # ended before it is deleted: a lost claim leaves no RUNNING run, deleted or not
-        client.set_terminated(run_id, "KILLED")
-        client.delete_run(run_id)
-        return False
-    return True
-
-
-def retire_stale_runs(client: MlflowClient, experiment_id: str) -> int:
-    """Mark KILLED the runs (jobs and sweeps) still RUNNING whose owner is gone: a killed process
-    on this host, or no heartbeat within the lease from another. A run made before owners were
-    recorded is retired when it is a job under a sweep that is no longer running."""
-    stale = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-    retired = 0
-    for run in stale:
-        alive = owner_alive(run.data.tags)
-        if alive is None:
-            parent = run.data.tags.get(PARENT_TAG)
-            alive = not (run.data.tags.get(ROLE_TAG) == "job" and parent
-                         and client.get_run(parent).info.status != "RUNNING")
-        if not alive:
-            client.set_terminated(run.info.run_id, "KILLED")
-            retired += 1
-    if retired:
-        log.info("marked %d runs left by killed processes as KILLED", retired)
-    return retired

@@ -7,7 +7,6 @@ and leaves the parent's run id in the sweep folder for the jobs to nest under.""
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import socket
@@ -20,10 +19,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from chelation import tracking
+from chelation.claims import retire_stale_runs
 from chelation.identity import NOT_IDENTITY, identity
+from chelation.job_files import CONFIG_FILE, RESULTS_FILE, JobSummary
 from chelation.kinds import Fallback
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
+from chelation.tags import SWEEP_DIR_TAG
 from experiments.user_errors import exit_for, release_stderr
 
 if TYPE_CHECKING:
@@ -55,11 +57,11 @@ class MlflowSweepCallback(Callback):
             experiment_id = tracking.prepare_store(uri, experiment)
         except tracking.TrackingUnavailable as err:  # Hydra would only warn of it
             exit_for(err)
-        tracking.retire_stale_runs(tracking.client(uri), experiment_id)
+        retire_stale_runs(tracking.client(uri), experiment_id)
         overrides = " ".join(config.hydra.overrides.task)
         name = sweep_name(config.hydra.overrides.task)
         run_id = tracking.start_parent_run(uri, experiment_id, name,
-                                           {tracking.SWEEP_DIR_TAG: str(sweep_dir),
+                                           {SWEEP_DIR_TAG: str(sweep_dir),
                                             "overrides": overrides})
         (sweep_dir / PARENT_FILE).write_text(run_id)
         _open_sweep.update(uri=uri, run_id=run_id, experiment_id=experiment_id,
@@ -156,20 +158,19 @@ def sweep_table(sweep_dir: str | Path) -> str:
     from cycle 0, the updates the guard rolled back and any fallback, best first, and what the
     columns mean (jobs skipped as already done wrote no results here)."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob("*/results.json")):
-        result = json.loads(path.read_text())
-        config = yaml.safe_load((path.parent / "config.yaml").read_text())
-        cycles = result.get("cycles") or []
-        final = result.get("final_ndcg_at_10")
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
+        summary = JobSummary.read(path.parent)
+        config = yaml.safe_load((path.parent / CONFIG_FILE).read_text())
+        cycles, final = summary.cycles, summary.totals.get("final_ndcg_at_10")
         if not cycles or final is None:
             continue
         first = cycles[0].get("ndcg_at_10") or float("nan")
         rollbacks = sum(c.get("rollback") or 0 for c in cycles) + \
-            (result.get("distill_rollback") or 0)
-        fallback = result.get("fallback", Fallback.NONE)
-        if result.get("rerun_of"):
-            fallback += f" (re-run: {result['rerun_of']['fallback']} before)"
-        rows.append((result["config_label"], config.get("seed"), final, final - first,
+            (summary.totals.get("distill_rollback") or 0)
+        fallback = summary.totals.get("fallback", Fallback.NONE)
+        if summary.rerun_of:
+            fallback += f" (re-run: {summary.rerun_of['fallback']} before)"
+        rows.append((summary.config_label, config.get("seed"), final, final - first,
                      int(rollbacks), fallback))
     if not rows:
         return ""
@@ -191,9 +192,9 @@ def untracked_jobs(sweep_dir: str | Path) -> list[Path]:
     """The job folders whose results the tracking store never received (results.json says
     `untracked`)."""
     out = []
-    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
         try:
-            if json.loads(path.read_text()).get("untracked"):
+            if JobSummary.read(path.parent).untracked:
                 out.append(path.parent)
         except (OSError, ValueError):
             continue
@@ -224,7 +225,7 @@ def _retire_killed_jobs(uri: str, experiment_id: str) -> None:
     """Jobs whose worker was killed mid-sweep (a Ray task retried elsewhere, say) are marked
     KILLED when the sweep ends, not only when the next one starts."""
     try:
-        tracking.retire_stale_runs(tracking.client(uri), experiment_id)
+        retire_stale_runs(tracking.client(uri), experiment_id)
     except Exception as err:  # noqa: BLE001 - the next sweep retires them as well
         log.error("could not retire the runs of killed jobs: %s",
                   " ".join(str(err).split())[:200])

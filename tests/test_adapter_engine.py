@@ -13,8 +13,8 @@ import torch
 from torch.nn import functional as F
 
 from chelation.adapter import ResidualAdapter, fit_adapter
+from chelation.collapse_log import CollapseLog
 from chelation.engine import EdgeIndex, open_index
-from chelation.events import CollapseLog
 from chelation.settings import EngineSettings
 from chelation.targets import l2_normalize
 from tests.helpers import states_equal, unit_rows

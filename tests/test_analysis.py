@@ -404,7 +404,7 @@ def _label(mode, teacher, schedule, weight):
 
 
 def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
-    from chelation import tracking
+    from chelation import job_files, tracking
 
     exp_id = client.create_experiment(experiment, artifact_location=str(tmp / "artifacts"))
     parent = tracking.start_parent_run(uri, exp_id, "sweep", {"study": experiment})
@@ -449,8 +449,8 @@ def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
                     "teacher_weight": weight if mode == "hybrid" else float("nan"),
                     "rollback": 0}, cycle)
             run.log_metrics({"total_time_s": 12.0, "encode_time_s": 3.0, "n_encoded": 1430}, 0)
-            run.log_artifact(tracking.write_per_query_table(tmp / "per_query_ndcg.csv", rows))
-            run.log_artifact(tracking.write_selection_table(tmp / "selection_ndcg.csv",
+            run.log_artifact(job_files.write_per_query_table(tmp / "per_query_ndcg.csv", rows))
+            run.log_artifact(job_files.write_selection_table(tmp / "selection_ndcg.csv",
                                                             selection))
             run.set_tags({"fallback": "none"})
             run.finish()

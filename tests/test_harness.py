@@ -335,8 +335,7 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
 
 
 def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
-    import json
-
+    from chelation.job_files import JobSummary
     from experiments.callbacks import sweep_table
 
     jobs = [("baseline", 0, 0.30, 0.31, [0, 1, 1], 0, "none"),
@@ -346,10 +345,11 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
         job = tmp_path / str(i)
         job.mkdir()
         (job / "config.yaml").write_text(f"seed: {seed}\n")
-        (job / "results.json").write_text(json.dumps({
-            "config_label": label, "final_ndcg_at_10": final, "distill_rollback": distill,
-            "fallback": fallback, "cycles": [{"cycle": c, "ndcg_at_10": first, "rollback": r}
-                                             for c, r in enumerate(rollbacks)]}))
+        JobSummary(config_hash=f"h{i}", group_hash=f"g{i}", config_label=label,
+                   totals={"final_ndcg_at_10": final, "distill_rollback": distill,
+                           "fallback": fallback},
+                   cycles=[{"cycle": c, "ndcg_at_10": first, "rollback": r}
+                           for c, r in enumerate(rollbacks)]).write(job)
     (tmp_path / "3").mkdir()  # a skipped job writes no results
     lines = sweep_table(tmp_path).splitlines()
     assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000", "0", "none"]

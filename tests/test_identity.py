@@ -170,21 +170,40 @@ def test_the_label_names_the_mode_and_only_what_it_depends_on(overrides, label) 
 
 
 def test_a_job_summary_reports_validation_for_a_search_and_test_for_people() -> None:
-    from chelation.job import JobSummary
+    from chelation.job_files import JobSummary
 
     ran = JobSummary("h", "g", "baseline", cycles=[
         {"cycle": 0, "ndcg_at_10": 0.5, "val_ndcg_at_10": 0.6},
         {"cycle": 1, "ndcg_at_10": 0.55, "val_ndcg_at_10": 0.58}],
-        figures={"final_ndcg_at_10": 0.55})
+        totals={"final_ndcg_at_10": 0.55})
     assert (ran.final_ndcg_at_10, ran.final_val_ndcg_at_10) == (0.55, 0.58)
     record = ran.to_json()
     assert record["final_ndcg_at_10"] == 0.55 and record["config_label"] == "baseline"
     assert "skipped" not in record
     # a skipped job carries the finished run's figures; no validation slice: None, not NaN
     skipped = JobSummary("h", "g", "baseline", run_id="r", skipped=True,
-                         figures={"final_ndcg_at_10": 0.4})
+                         totals={"final_ndcg_at_10": 0.4})
     assert skipped.final_ndcg_at_10 == 0.4 and skipped.final_val_ndcg_at_10 is None
     assert skipped.to_json()["skipped"] is True
     no_val = JobSummary("h", "g", "baseline", cycles=[{"cycle": 0, "ndcg_at_10": 0.5,
                                                        "val_ndcg_at_10": float("nan")}])
     assert no_val.final_val_ndcg_at_10 is None
+
+
+def test_a_job_summary_reads_back_what_it_wrote(tmp_path) -> None:
+    from chelation.job_files import RESULTS_FILE, JobSummary
+
+    written = JobSummary(config_hash="h", group_hash="g", config_label="hybrid",
+                         cycles=[{"cycle": 0, "ndcg_at_10": 0.5, "val_ndcg_at_10": None}],
+                         totals={"total_time_s": 1.5, "final_ndcg_at_10": 0.5,
+                                 "fallback": "none"},
+                         run_id="r", untracked=True,
+                         rerun_of={"run_id": "old", "fallback": "student_targets"})
+    text = written.write(tmp_path).read_text()
+    read = JobSummary.read(tmp_path)
+    assert read == written
+    read.write(tmp_path)  # the file a reader writes again is the same file, byte for byte
+    assert (tmp_path / RESULTS_FILE).read_text() == text
+    (tmp_path / RESULTS_FILE).write_text('{"cycles": []}')
+    with pytest.raises(ValueError, match="not a job's results"):
+        JobSummary.read(tmp_path)

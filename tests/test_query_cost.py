@@ -80,7 +80,7 @@ def test_a_warm_job_never_imports_sentence_transformers(tmp_path: Path, cache_di
     query cost on by default) runs without importing a model."""
     from hydra import compose, initialize_config_dir
 
-    from chelation.job import load_dataset
+    from chelation.data import load_dataset
     from chelation.protocol import encode_dataset
     from experiments.schema import register
     from experiments.train import job_config

@@ -13,7 +13,7 @@ import pytest
 
 from chelation import models, resume
 from chelation.kinds import Fallback
-from chelation.tracking import Tag
+from chelation.tags import Tag
 
 
 def _run(run_id: str, fallback: str) -> SimpleNamespace:
@@ -79,7 +79,7 @@ def test_a_job_that_fell_back_trains_with_its_teacher_once_installed(tmp_path: P
                        "tracking.experiment=resume")
     with caplog.at_level("WARNING"):
         first = run_tracked_job(job_config(cfg), tmp_path / "first")
-    assert Fallback.degraded(first.figures["fallback"])
+    assert Fallback.degraded(first.totals["fallback"])
     assert sum("acme/all-MiniLM-L6-v2" in r.getMessage() for r in caplog.records
                if r.levelname == "WARNING") == 1
 
@@ -87,8 +87,8 @@ def test_a_job_that_fell_back_trains_with_its_teacher_once_installed(tmp_path: P
     shutil.copytree(shipped, tmp_path / "models" / "all-MiniLM-L6-v2")
     again = run_tracked_job(job_config(cfg), tmp_path / "again")
     assert not again.skipped and again.run_id != first.run_id
-    assert again.figures["fallback"] == Fallback.NONE
-    assert again.rerun_of == {"run_id": first.run_id, "fallback": first.figures["fallback"]}
+    assert again.totals["fallback"] == Fallback.NONE
+    assert again.rerun_of == {"run_id": first.run_id, "fallback": first.totals["fallback"]}
 
     runs = load_runs(uri, "resume")
     assert list(runs["run_id"]) == [again.run_id]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chelation.job import load_dataset
+from chelation.data import load_dataset
 from chelation.protocol import run_job
 from chelation.settings import DatasetSpec, RunSettings, TrainingSettings
 

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from test_reliability import _cli, _finish, _runs
 
 from chelation.run_owner import PROCESS_START_TAG, owner_tags
-from chelation.tracking import PARENT_TAG, with_busy_timeout
+from chelation.tags import PARENT_TAG
+from chelation.tracking import with_busy_timeout
 from hydra_plugins.chelation_optuna_sweeper.optuna_sweeper import (
     RETRY_ATTR,
     _ask,

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from chelation import run_owner, tracking
+from chelation import claims, run_owner, tracking
+from chelation.tags import PARENT_TAG, ROLE_TAG
 
 HASH = "cafe0000cafe0000"
 
@@ -29,11 +30,11 @@ def store(tmp_path: Path) -> tuple[MlflowClient, str]:
 def _run(client: MlflowClient, experiment_id: str, start: int, parent: str | None = None,
          role: str = "job", config_hash: str | None = HASH, status: str = "RUNNING",
          owner: dict[str, str] | None = None) -> str:
-    tags = {tracking.ROLE_TAG: role, **(owner or {})}
+    tags = {ROLE_TAG: role, **(owner or {})}
     if config_hash:
         tags["config_hash"] = config_hash
     if parent:
-        tags[tracking.PARENT_TAG] = parent
+        tags[PARENT_TAG] = parent
     run_id = client.create_run(experiment_id, start_time=start, tags=tags).info.run_id
     if status != "RUNNING":
         client.set_terminated(run_id, status)
@@ -53,10 +54,10 @@ def test_an_earlier_sibling_of_the_same_sweep_wins(store) -> None:
     parent = _run(client, exp, 1, role="sweep", config_hash=None)
     earlier = _run(client, exp, 100, parent)
     mine = _run(client, exp, 200, parent)
-    assert not tracking.claim(client, exp, HASH, mine, parent)
+    assert not claims.claim(client, exp, HASH, mine, parent)
     assert _deleted(client, mine)
     assert _status(client, mine) == "KILLED"  # never RUNNING inside the deleted lifecycle
-    assert tracking.claim(client, exp, HASH, earlier, parent)
+    assert claims.claim(client, exp, HASH, earlier, parent)
     assert not _deleted(client, earlier)
 
 
@@ -66,7 +67,7 @@ def test_a_running_job_of_another_sweep_does_not_take_the_claim(store) -> None:
     my_parent = _run(client, exp, 2, role="sweep", config_hash=None)
     _run(client, exp, 100, other_parent)
     mine = _run(client, exp, 200, my_parent)
-    assert tracking.claim(client, exp, HASH, mine, my_parent)
+    assert claims.claim(client, exp, HASH, mine, my_parent)
 
 
 def test_a_finished_rival_wins_whatever_its_sweep(store) -> None:
@@ -74,7 +75,7 @@ def test_a_finished_rival_wins_whatever_its_sweep(store) -> None:
     parent = _run(client, exp, 1, role="sweep", config_hash=None)
     _run(client, exp, 500, None, status="FINISHED")  # finished later, in no sweep at all
     mine = _run(client, exp, 100, parent)
-    assert not tracking.claim(client, exp, HASH, mine, parent)
+    assert not claims.claim(client, exp, HASH, mine, parent)
     assert _deleted(client, mine)
 
 
@@ -82,8 +83,8 @@ def test_equal_start_times_are_settled_by_run_id(store) -> None:
     client, exp = store
     parent = _run(client, exp, 1, role="sweep", config_hash=None)
     a, b = sorted([_run(client, exp, 100, parent), _run(client, exp, 100, parent)])
-    assert tracking.claim(client, exp, HASH, a, parent)
-    assert not tracking.claim(client, exp, HASH, b, parent)
+    assert claims.claim(client, exp, HASH, a, parent)
+    assert not claims.claim(client, exp, HASH, b, parent)
 
 
 def test_other_configurations_and_killed_runs_never_compete(store) -> None:
@@ -92,7 +93,7 @@ def test_other_configurations_and_killed_runs_never_compete(store) -> None:
     _run(client, exp, 50, parent, config_hash="0000000000000000")
     _run(client, exp, 60, parent, status="KILLED")
     mine = _run(client, exp, 100, parent)
-    assert tracking.claim(client, exp, HASH, mine, parent)
+    assert claims.claim(client, exp, HASH, mine, parent)
 
 
 def test_an_orphan_under_an_ended_sweep_is_retired(store) -> None:
@@ -103,7 +104,7 @@ def test_an_orphan_under_an_ended_sweep_is_retired(store) -> None:
     client.set_terminated(ended, "FINISHED")
     live = _run(client, exp, 2, role="sweep", config_hash=None)
     running = _run(client, exp, 20, live)
-    assert tracking.retire_stale_runs(client, exp) == 1
+    assert claims.retire_stale_runs(client, exp) == 1
     assert _status(client, orphan) == "KILLED"
     assert _status(client, done) == "FINISHED"
     assert _status(client, running) == "RUNNING"
@@ -141,7 +142,7 @@ def test_a_live_run_of_the_same_config_in_another_sweep_takes_the_claim(store) -
                                owner=run_owner.owner_tags()) for i in (1, 2))
     _run(client, exp, 100, other, owner=run_owner.owner_tags())
     mine = _run(client, exp, 200, mine_parent, owner=run_owner.owner_tags())
-    assert not tracking.claim(client, exp, HASH, mine, mine_parent)
+    assert not claims.claim(client, exp, HASH, mine, mine_parent)
 
 
 def test_a_dead_owners_run_does_not_take_the_claim(store, dead_owner) -> None:
@@ -150,7 +151,7 @@ def test_a_dead_owners_run_does_not_take_the_claim(store, dead_owner) -> None:
     _run(client, exp, 100, parent, owner=dead_owner)
     _run(client, exp, 110, None, owner=_remote(run_owner.LEASE_S + 1))
     mine = _run(client, exp, 200, None, owner=run_owner.owner_tags())
-    assert tracking.claim(client, exp, HASH, mine, None)
+    assert claims.claim(client, exp, HASH, mine, None)
 
 
 def test_a_killed_sweep_and_its_jobs_are_retired_live_ones_kept(store, dead_owner) -> None:
@@ -162,7 +163,7 @@ def test_a_killed_sweep_and_its_jobs_are_retired_live_ones_kept(store, dead_owne
                        owner=run_owner.owner_tags())
     live = _run(client, exp, 20, live_parent, owner=run_owner.owner_tags())
     remote = _run(client, exp, 21, None, owner=_remote(5))
-    assert tracking.retire_stale_runs(client, exp) == 3
+    assert claims.retire_stale_runs(client, exp) == 3
     for run_id in (killed_parent, orphan, stale_remote):
         assert _status(client, run_id) == "KILLED"
     for run_id in (live_parent, live, remote):

@@ -133,7 +133,7 @@ def nested_selection(test: pd.DataFrame, selection: SelectionScores,
         cells.append(mine[["seed", "query_id", "fold", "ndcg_at_10"]].assign(group_hash=chosen))
     cell_frame = (pd.concat(cells, ignore_index=True) if cells else
                   pd.DataFrame(columns=["seed", "query_id", "fold", "ndcg_at_10", "group_hash"]))
-    return NestedSelection(pd.DataFrame(choices), cell_frame, labels)
+    return NestedSelection(choices=pd.DataFrame(choices), cells=cell_frame, candidates=labels)
 
 
 def _per_seed_query(frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,8 +12,9 @@ import pandas as pd
 import yaml
 
 from chelation.identity import NOT_IDENTITY, excluded_keys
+from chelation.job_files import PER_QUERY_FILE, SELECTION_FILE
 from chelation.kinds import MODES, Fallback, Mode
-from chelation.tracking import PER_QUERY_FILE, SELECTION_FILE, Tag
+from chelation.tags import Tag
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from chelation.data.beir import load_beir
 from chelation.data.dataset import DatasetError, RetrievalDataset, with_train_queries
+from chelation.data.loading import dataset_digest, load_dataset
 from chelation.data.mteb_loader import load_mteb
 from chelation.data.splits import kfold_queries, split_queries, validation_slice
 from chelation.data.synthetic import SYNTHETIC_VARIANTS, make_synthetic, make_synthetic_variant
@@ -9,8 +10,10 @@ from chelation.data.synthetic import SYNTHETIC_VARIANTS, make_synthetic, make_sy
 __all__ = [
     "DatasetError",
     "RetrievalDataset",
+    "dataset_digest",
     "kfold_queries",
     "load_beir",
+    "load_dataset",
     "load_mteb",
     "make_synthetic",
     "make_synthetic_variant",

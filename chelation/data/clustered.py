@@ -61,4 +61,4 @@ def clustered_vectors(n_docs: int, n_queries: int = 225, dim: int = 384, seed: i
         qrels[qid] = {doc_ids[d]: 1 for d in best}
     dataset = RetrievalDataset(name=f"clustered-{n_docs}", corpus=dict.fromkeys(doc_ids, ""),
                                queries=dict.fromkeys(query_ids, ""), qrels=qrels)
-    return ClusteredVectors(dataset, docs, queries)
+    return ClusteredVectors(dataset=dataset, docs=docs, queries=queries)
