@@ -16,7 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
+
+from chelation import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +36,11 @@ def _cli(tmp: Path, *overrides: str, uri: str | None = None) -> list[str]:
 
 
 def _job_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
+    # under the store's lock, as a job opens it: a poller opening a fresh store beside the sweep's
+    # first open would run MLflow's migrations at the same time ("table ... already exists")
+    with FileLock(f"{tracking.sqlite_path(uri)}.lock", timeout=300):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else [r for r in client.search_runs([exp.experiment_id])
                                    if r.data.tags.get("chelation.role") == "job"]
 
