@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from chelation.adam import Adam
 from chelation.listwise import RankingTargets, listwise_kl
 
 _MANY_ROWS = 50_000
@@ -83,14 +84,6 @@ class ListwiseTerm:
     queries_per_step: int = 32
 
 
-def prepare_optimiser() -> None:
-    """Pay the optimiser's one-time start-up now, outside any timed cycle. The first optimiser a
-    process builds imports torch._dynamo (about a second here): `Optimizer.add_param_group` is
-    wrapped in `torch._disable_dynamo`, which imports it lazily on first call. Building one
-    throw-away Adam walks exactly that path; later optimisers are cheap."""
-    torch.optim.Adam([nn.Parameter(torch.zeros(1))])
-
-
 def fit_adapter(
     adapter: ResidualAdapter,
     raw: np.ndarray,
@@ -107,7 +100,7 @@ def fit_adapter(
         return float("nan")
     x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
-    optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
+    optimiser = Adam(adapter.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     extra = _listwise_closure(adapter, listwise, generator) if listwise else None
     adapter.train()
@@ -134,7 +127,7 @@ def _listwise_closure(adapter: ResidualAdapter, term: ListwiseTerm, generator: t
     return loss
 
 
-def _epochs(adapter: ResidualAdapter, optimiser: torch.optim.Optimizer, x: torch.Tensor,
+def _epochs(adapter: ResidualAdapter, optimiser: Adam, x: torch.Tensor,
             y: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator,
             extra=None) -> float:
     epoch_loss = float("nan")

@@ -14,7 +14,6 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from chelation.adapter import prepare_optimiser
 from chelation.data import (
     RetrievalDataset,
     kfold_queries,
@@ -189,8 +188,6 @@ def run_encoded(
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
                                     f.val, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
-    if settings.training.trains:
-        prepare_optimiser()
     result.setup_time_s = time.perf_counter() - started
 
     try:

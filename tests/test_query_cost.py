@@ -71,13 +71,15 @@ except SystemExit as stop:
         raise
 print("MODEL MODULES", sorted(m for m in ("sentence_transformers", "transformers")
                               if m in sys.modules))
+print("COMPILER MODULES", sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
 """
 
 
 @pytest.mark.slow
 def test_a_warm_job_never_imports_sentence_transformers(tmp_path: Path, cache_dir: Path) -> None:
     """Every text cached and the query cost known: the job (a real one, in its own process,
-    query cost on by default) runs without importing a model."""
+    query cost on by default) runs without importing a model, and trains its adapter without
+    importing torch's compiler (chelation/adam.py)."""
     from hydra import compose, initialize_config_dir
 
     from chelation.data import load_dataset
@@ -104,6 +106,7 @@ def test_a_warm_job_never_imports_sentence_transformers(tmp_path: Path, cache_di
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "MODEL MODULES []" in done.stdout, done.stdout[-2000:]
+    assert "COMPILER MODULES []" in done.stdout, done.stdout[-2000:]
     result = json.loads((tmp_path / "job" / "results.json").read_text())
     assert result["n_encoded"] == 0 and result["n_cached"] > 0
     assert result["query_encode_ms"] > 0 and result["query_search_ms"] > 0
