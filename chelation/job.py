@@ -49,11 +49,11 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     # the data and the models are checked before any run exists: a rejected file or a model
     # that cannot be found leaves nothing behind
     dataset = load_dataset(config.dataset)
-    check_job(config, dataset)
+    teacher_ready = check_job(config, dataset)
     track = StoreGuard(config.tracking.uri, output_dir)
     run: tracking.JobRun | None = None
     if config.tracking.enabled:
-        run = start_run(config, as_dict, summary, parent_run_id, track)
+        run = start_run(config, as_dict, summary, parent_run_id, track, teacher_ready)
         if run is None and not track.failed:  # skipped: done, or a live sibling has it
             return summary
     if run is not None:
@@ -126,12 +126,13 @@ def _run_protocol(dataset: RetrievalDataset, config: JobConfig, on_cycle: _Cycle
         raise
 
 
-def check_job(config: JobConfig, dataset: RetrievalDataset) -> None:
+def check_job(config: JobConfig, dataset: RetrievalDataset) -> bool:
     """What can fail a job for the user's settings is checked before its run exists: the
     protocol against the data, the engine (EngineUnavailable naming its key) and the student
     model (ModelUnavailable naming `student.model` and where it was looked for). A named
-    teacher that cannot be found is said here; the job then falls back, as it does for a
-    teacher that fails to load."""
+    teacher that cannot be found is said here, once; the job then falls back, as it does for a
+    teacher that fails to load. Returns whether the models the job needs can be had (what
+    resume asks of a finished run that fell back)."""
     if config.protocol == Protocol.OFFICIAL and not dataset.train_query_ids:
         raise SettingsError("protocol=official needs a dataset with its own train queries "
                             f"(dataset {dataset.name!r} has none: set dataset.train_split, "
@@ -141,12 +142,15 @@ def check_job(config: JobConfig, dataset: RetrievalDataset) -> None:
         locate_model(config.student.model)
     except ModelUnavailable as err:
         raise ModelUnavailable(f"student.model={config.student.model!r}: {err}") from None
-    if config.needs_teacher:
-        try:
-            locate_model(config.teacher.model)
-        except ModelUnavailable as err:
-            log.warning("teacher.model=%r: %s; the job falls back without the teacher",
-                        config.teacher.model, " ".join(str(err).split()))
+    if not config.needs_teacher:
+        return True
+    try:
+        locate_model(config.teacher.model)
+    except ModelUnavailable as err:
+        log.warning("teacher.model=%r: %s; the job falls back without the teacher",
+                    config.teacher.model, " ".join(str(err).split()))
+        return False
+    return True
 
 
 def job_summary(label: str, seed: int, result: JobResult, seconds: float, output_dir: Path,
