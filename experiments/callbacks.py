@@ -23,6 +23,7 @@ from chelation.claims import retire_stale_runs
 from chelation.identity import NOT_IDENTITY, identity
 from chelation.job_files import CONFIG_FILE, RESULTS_FILE, JobSummary
 from chelation.kinds import Fallback
+from chelation.models import ModelUnavailable, locate_model
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
 from chelation.tags import SWEEP_DIR_TAG
@@ -50,6 +51,7 @@ class MlflowSweepCallback(Callback):
         os.environ[SWEEP_PID_ENV] = f"{os.getpid()}@{socket.gethostname()}"
         if not config.tracking.get("enabled", True):
             return
+        _check_student(config)  # before the parent run: a sweep that cannot start leaves none
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri, experiment = config.tracking.uri, config.tracking.experiment
@@ -110,6 +112,19 @@ class MlflowSweepCallback(Callback):
             log.info("%s", summary.line())
         if browse:
             log.info("%s", browse)
+
+
+def _check_student(config: DictConfig) -> None:
+    """Exit on one line, naming `student.model`, when the sweep's one student cannot be found
+    (every job would fail alike); a sweep over students leaves each job to check its own."""
+    swept = [str(o) for o in config.hydra.overrides.task if str(o).startswith("student.model=")]
+    swept += [k for k in (config.hydra.sweeper.get("params") or {}) if k == "student.model"]
+    if any("," in o for o in swept) or "student.model" in swept:
+        return
+    try:
+        locate_model(config.student.model)
+    except ModelUnavailable as err:
+        exit_for(ModelUnavailable(f"student.model={config.student.model!r}: {err}"))
 
 
 def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,

@@ -60,6 +60,18 @@ def test_a_student_that_cannot_be_found_is_one_line_naming_it_and_no_run(tmp_pat
          .search_experiments()]) == []
 
 
+def test_a_sweep_whose_student_cannot_be_found_leaves_no_run(tmp_path) -> None:
+    out = subprocess.run(_cli(tmp_path, "-m", "mode=frozen,baseline",
+                              "student.model=/nonexistent/model", "tracking.experiment=model",
+                              f"hydra.sweep.dir={tmp_path}/sweep"),
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    errors = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
+    assert "student.model='/nonexistent/model'" in errors[0]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 def test_a_tracking_uri_of_no_known_scheme_is_one_line_on_stderr(tmp_path) -> None:
     out = subprocess.run(_cli(tmp_path, f"hydra.run.dir={tmp_path}/run", uri="garbage://x"),
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
