@@ -35,6 +35,28 @@ def test_mean_ci_matches_scipy_t_interval():
     assert low < low90 < high90 < high
 
 
+@pytest.mark.parametrize("df", [1, 2, 5, 29, 224, 3000])
+def test_t_quantile_and_p_value_equal_scipy_stats(df: int) -> None:
+    from chelation.analysis.stats import t_quantile, t_test_p
+
+    for q in (0.8, 0.95, 0.975, 0.995):
+        assert t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-12)
+    for t in (-4.2, -1.3, 0.0, 0.7, 2.1, 9.0):
+        assert t_test_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10, abs=1e-300)
+
+
+def test_a_comparison_without_the_signed_rank_test_imports_no_scipy_stats() -> None:
+    """What a sweep's summary asks for (the t-test alone) does not pay scipy.stats' import."""
+    code = ("import sys; from chelation import analysis as ca; "
+            "r = ca.paired_comparison([0.3, 0.5, 0.4, 0.6], [0.2, 0.5, 0.3, 0.4], "
+            "signed_rank=False); "
+            "print(r['p_ttest'] > 0, r['p_wilcoxon'] != r['p_wilcoxon'], "
+            "'scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.split() == ["True", "True", "False"], out.stdout + out.stderr
+
+
 def test_mean_ci_edge_cases():
     assert ca.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
     mean, low, high = ca.mean_ci([0.4])

@@ -142,7 +142,7 @@ def _per_seed_query(frame: pd.DataFrame) -> pd.DataFrame:
 
 def summarise_nested(result: NestedSelection, test: pd.DataFrame,
                      reference: pd.DataFrame | None, reference_label: str | None = None,
-                     confidence: float = 0.95) -> dict[str, Any]:
+                     confidence: float = 0.95, signed_rank: bool = True) -> dict[str, Any]:
     """The procedure's figures: pooled test NDCG@10 with its interval (per query, averaged over
     seeds), the paired difference from the reference (per query; and over seeds where seeds
     vary), the choices' agreement and the regret (best candidate on test minus the procedure).
@@ -180,7 +180,8 @@ def summarise_nested(result: NestedSelection, test: pd.DataFrame,
                                                 on=["seed", "query_id"], suffixes=("_a", "_b"))
     m = m.rename(columns={"ndcg_at_10_a": "a", "ndcg_at_10_b": "b"})
     by_query = m.groupby("query_id")[["a", "b"]].mean()
-    res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence)
+    res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence,
+                            signed_rank)
     by_seed = seed_test_or_deterministic(m.groupby("seed")[["a", "b"]].mean())
     out.update(reference=reference_label or "reference", reference_mean=res["mean_b"],
                n_paired=res["n"], diff=res["mean_diff"], diff_ci_low=res["ci_low"],
@@ -232,7 +233,8 @@ def choices_table(result: NestedSelection, seeds: Sequence[int] | None = None) -
 
 
 def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.DataFrame,
-                 confidence: float = 0.95) -> tuple[NestedSelection | None, dict[str, Any]]:
+                 confidence: float = 0.95,
+                 signed_rank: bool = True) -> tuple[NestedSelection | None, dict[str, Any]]:
     """The nested procedure over a study's runs (`load_runs`), their per-query test scores
     (`load_per_query`) and their selection scores (`load_selection`): (the procedure, its
     summary, with `choices` and `versus`: the procedure against every other frozen model), or
@@ -263,7 +265,7 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
         ref_rows, ref_label = _final_rows(per_query, reference), label.get(reference)
     else:
         ref_rows, ref_label = _cycle_zero_of(per_query, result), "cycle 0 (same runs)"
-    summary = summarise_nested(result, test, ref_rows, ref_label, confidence)
+    summary = summarise_nested(result, test, ref_rows, ref_label, confidence, signed_rank)
     summary["choices"] = result.choices.to_dict("records")
     others = runs[(runs["mode"] == Mode.FROZEN) & (runs["group_hash"] != reference)]
     if "index_weight" in others:
@@ -271,7 +273,7 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
     summary["versus"] = []
     for g in others["group_hash"].unique():
         other = summarise_nested(result, test, _final_rows(per_query, g), label.get(g),
-                                 confidence)
+                                 confidence, signed_rank)
         if "diff" in other:
             summary["versus"].append({k: other[k] for k in (
                 "reference", "reference_mean", "diff", "diff_ci_low", "diff_ci_high", "p_ttest",

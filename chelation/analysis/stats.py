@@ -5,16 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from chelation.kinds import MODES, Mode
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +46,31 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     mean = float(arr.mean())
     if arr.size < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, arr.size - 1)) * float(
+    half = t_quantile(0.5 + confidence / 2, arr.size - 1) * float(
         arr.std(ddof=1)) / math.sqrt(arr.size)
     return mean, mean - half, mean + half
 
 
+def t_quantile(q: float, df: float) -> float:
+    """Student's t quantile: what `scipy.stats.t.ppf` computes, through the special function it
+    calls (`scipy.special.stdtrit`), so that a sweep's summary never imports scipy.stats (about
+    a second here)."""
+    return float(special.stdtrit(df, q))
+
+
+def t_test_p(t: float, df: float) -> float:
+    """Two-sided p-value of a t statistic (as `scipy.stats.ttest_rel` reports it)."""
+    return float(2.0 * special.stdtr(df, -abs(t)))
+
+
 def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                      confidence: float = 0.95) -> dict[str, float]:
+                      confidence: float = 0.95, signed_rank: bool = True) -> dict[str, float]:
     """Paired comparison of aligned arrays (a[i] and b[i] measure the same query).
 
     Returns n, mean_a, mean_b, mean_diff (a - b), sd_diff, ci_low/ci_high (t interval of the
     mean difference), p_ttest (paired t-test) and p_wilcoxon (signed-rank test, zero differences
-    dropped), all two-sided. Pairs with a non-finite side are dropped. When every difference is
-    zero both p-values are 1; with fewer than two pairs they are NaN.
+    dropped; NaN unless `signed_rank`), all two-sided. Pairs with a non-finite side are dropped.
+    When every difference is zero both p-values are 1; with fewer than two pairs they are NaN.
     """
     x = np.asarray(a, dtype=float).ravel()
     y = np.asarray(b, dtype=float).ravel()
@@ -88,11 +97,15 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         # No spread: the t statistic is 0/0 (no difference) or infinite (a constant shift).
         out["p_ttest"] = 1.0 if abs(mean_diff) <= 1e-12 * scale else 0.0
     else:
-        out["p_ttest"] = float(stats.ttest_rel(x, y).pvalue)
+        out["p_ttest"] = t_test_p(mean_diff / (sd / math.sqrt(n)), n - 1)
+    if not signed_rank:
+        return out
     nonzero = d[np.abs(d) > 1e-12 * scale]
     if nonzero.size == 0:
         out["p_wilcoxon"] = 1.0
     else:
+        from scipy import stats  # the signed-rank test is scipy.stats' alone
+
         out["p_wilcoxon"] = float(stats.wilcoxon(nonzero).pvalue)
     return out
 
@@ -132,7 +145,7 @@ def min_detectable_effect(diff_sd: float, n: int, alpha: float = 0.05,
     if n < 2 or not math.isfinite(diff_sd):
         return math.inf
     df = n - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
+    return float((t_quantile(1 - alpha / 2, df) + t_quantile(power, df))
                  * diff_sd / math.sqrt(n))
 
 

@@ -90,7 +90,8 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
         out.tags[CHOSEN_TAG] = "none: no job of this sweep finished"
         return out
     out.metrics["sweep_configurations"] = float(runs["group_hash"].nunique())
-    result, answer = study_answer(runs, per_query, selection, confidence)
+    # the summary reports the t-test alone: no signed-rank test, so no scipy.stats import
+    result, answer = study_answer(runs, per_query, selection, confidence, signed_rank=False)
     if result is None:
         out.tags[CHOSEN_TAG] = f"none: {answer['why']}"
         return out
