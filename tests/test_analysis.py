@@ -610,7 +610,7 @@ def test_a_sweep_without_validation_says_why_nothing_was_chosen(store):
 
 
 def test_a_resumed_sweep_stands_for_the_runs_its_jobs_skipped(store):
-    from chelation.analysis.sweep import sweep_job_runs
+    from chelation.analysis.sweep import sweep_filters, sweep_job_runs
 
     runs = ca.load_runs(store, "full")
     _, parent = _parent(store, "full")
@@ -618,6 +618,12 @@ def test_a_resumed_sweep_stands_for_the_runs_its_jobs_skipped(store):
     earlier = runs["config_hash"].head(2).tolist()
     assert sorted(sweep_job_runs(runs, "a-later-sweep", earlier)["config_hash"]) == \
         sorted(earlier)
+    # what the sweep's summary loads: only its own runs, searched for, not the experiment's
+    own = ca.load_runs(store, "full", sweep_filters(parent))
+    assert sorted(own["run_id"]) == sorted(sweep_job_runs(runs, parent)["run_id"])
+    skipped = ca.load_runs(store, "full", sweep_filters("a-later-sweep", earlier))
+    assert sorted(skipped["config_hash"]) == sorted(earlier)
+    assert sweep_filters(parent, [f"h{i}" for i in range(51)]) == ("",)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 from chelation.identity import NOT_IDENTITY, excluded_keys
 from chelation.job_files import PER_QUERY_FILE, SELECTION_FILE
 from chelation.kinds import MODES, Fallback, Mode
-from chelation.tags import Tag
+from chelation.tags import PARENT_TAG, ROLE_TAG, Tag
 
 log = logging.getLogger(__name__)
 
@@ -53,37 +53,45 @@ def _client(tracking_uri: str):
     return MlflowClient(with_busy_timeout(tracking_uri))
 
 
-def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """Finished job runs of one experiment, one row per run (see the module docstring)."""
+def load_runs(tracking_uri: str, experiment: str, where: Sequence[str] = ("",)) -> pd.DataFrame:
+    """Finished job runs of one experiment, one row per run (see the module docstring).
+    `where`: MLflow filter clauses, each searched on its own (MLflow's filter has no OR), and
+    the runs any of them finds; by default every finished job run of the experiment."""
     from mlflow.entities import ViewType
 
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"experiment {experiment!r} does not exist in {tracking_uri}")
-    query = "attributes.status = 'FINISHED' and tags.`chelation.role` = 'job'"
-    rows: list[dict[str, Any]] = []
-    token = None
-    while True:
-        page = client.search_runs([found.experiment_id], filter_string=query,
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  page_token=token)
-        for run in page:
-            row: dict[str, Any] = {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "status": run.info.status,
-                "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
-                "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
-            }
-            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-            row.update({f"params.{k}": v for k, v in run.data.params.items()})
-            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
-    return one_run_per_configuration(_with_short_columns(pd.DataFrame(rows)))
+    base = f"attributes.status = 'FINISHED' and tags.`{ROLE_TAG}` = 'job'"
+    rows: dict[str, dict[str, Any]] = {}
+    for clause in where:
+        query = f"{base} and {clause}" if clause else base
+        token = None
+        while True:
+            page = client.search_runs([found.experiment_id], filter_string=query,
+                                      run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                      page_token=token)
+            for run in page:
+                rows[run.info.run_id] = _run_row(run)
+            token = page.token
+            if not token:
+                break
+    return one_run_per_configuration(_with_short_columns(pd.DataFrame(list(rows.values()))))
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
+        "parent_run_id": run.data.tags.get(PARENT_TAG),
+    }
+    row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+    row.update({f"params.{k}": v for k, v in run.data.params.items()})
+    row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+    return row
 
 
 def one_run_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from chelation.analysis.nested import choices_text, study_answer
 from chelation.analysis.runs import load_per_query, load_runs, load_selection
+from chelation.tags import PARENT_TAG, Tag
 
 CHOSEN_TAG = "sweep_chosen_config"
 
@@ -139,11 +140,25 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
     return out
 
 
+def sweep_filters(parent_run_id: str, config_hashes: Iterable[str] = (),
+                  most: int = 50) -> tuple[str, ...]:
+    """What to search a store for to summarise one sweep, not the whole experiment (a study's
+    store holds hundreds of runs): its children, and the configurations its jobs skipped as
+    done; past `most` of those, one search of everything costs less than one each."""
+    hashes = sorted(set(config_hashes))
+    if len(hashes) > most:
+        return ("",)
+    return (f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            *(f"tags.{Tag.CONFIG_HASH} = '{h}'" for h in hashes))
+
+
 def sweep_summary(tracking_uri: str, experiment: str, parent_run_id: str,
                   config_hashes: Iterable[str] = (), confidence: float = 0.95) -> SweepSummary:
     """Load the sweep's runs, per-query test scores and selection scores from MLflow and
     summarise them (see `summarise_sweep`)."""
-    runs = sweep_job_runs(load_runs(tracking_uri, experiment), parent_run_id, config_hashes)
+    runs = sweep_job_runs(load_runs(tracking_uri, experiment,
+                                    sweep_filters(parent_run_id, config_hashes)),
+                          parent_run_id, config_hashes)
     if runs.empty:
         return summarise_sweep(runs, pd.DataFrame(), pd.DataFrame(), confidence)
     return summarise_sweep(runs, load_per_query(tracking_uri, runs),
