@@ -46,11 +46,11 @@ _PER_QUERY_META = ("group_hash", "config_label", "mode", "teacher", "student", "
 # --------------------------------------------------------------------------------------------
 
 def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
+    """The process's one client for the store (chelation.tracking.client): the loaders below
+    call this once per run, which must not open the store each time."""
+    from chelation.tracking import client
 
-    from chelation.tracking import with_busy_timeout
-
-    return MlflowClient(with_busy_timeout(tracking_uri))
+    return client(tracking_uri)
 
 
 def load_runs(tracking_uri: str, experiment: str, where: Sequence[str] = ("",)) -> pd.DataFrame:
