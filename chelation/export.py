@@ -36,6 +36,14 @@ except ImportError:  # pragma: no cover - older releases
 log = logging.getLogger(__name__)
 
 
+def _hub_options(subfolder: str, token, cache_folder, revision,
+                 local_files_only: bool) -> dict[str, Any]:
+    """What sentence-transformers passes a module's `load`, handed on to its config and
+    weight readers."""
+    return {"subfolder": subfolder, "token": token, "cache_folder": cache_folder,
+            "revision": revision, "local_files_only": local_files_only}
+
+
 class AdapterModule(_Module):
     """The residual adapter as a sentence-transformers module: it replaces `sentence_embedding`
     (unit vectors from the student's Normalize module) with the adapted unit vectors."""
@@ -58,8 +66,7 @@ class AdapterModule(_Module):
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None,
              revision=None, local_files_only: bool = False, **kwargs) -> AdapterModule:
-        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder,
-               "revision": revision, "local_files_only": local_files_only}
+        hub = _hub_options(subfolder, token, cache_folder, revision, local_files_only)
         config = cls.load_config(model_name_or_path, **hub)
         module = cls(int(config["dim"]), int(config["hidden_dim"]))
         return cls.load_torch_weights(model_name_or_path, model=module, **hub)
@@ -130,8 +137,7 @@ class BlendedDocuments(_InputModule):
         from safetensors.torch import load_file
         from sentence_transformers import SentenceTransformer
 
-        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder,
-               "revision": revision, "local_files_only": local_files_only}
+        hub = _hub_options(subfolder, token, cache_folder, revision, local_files_only)
         config = cls.load_config(model_name_or_path, **hub)
         folder = Path(cls.load_dir_path(model_name_or_path, **hub))
         student = SentenceTransformer(str(folder / cls.STUDENT), device="cpu")
@@ -144,6 +150,13 @@ class ExportError(RuntimeError):
     """The run cannot be exported as a query-and-document encoder (the message says why)."""
 
 
+def _adapter_module(adapter_state: dict[str, torch.Tensor], hidden_dim: int) -> AdapterModule:
+    """The run's trained adapter (its saved state) as the pipeline's last module."""
+    module = AdapterModule(int(adapter_state["up.weight"].shape[0]), hidden_dim)
+    module.adapter.load_state_dict(adapter_state)
+    return module.eval()
+
+
 def export_adapted_student(student_model: str, adapter_state: dict[str, torch.Tensor],
                            hidden_dim: int, out_dir: str | Path,
                            max_seq_length: int | None = None) -> Path:
@@ -153,12 +166,9 @@ def export_adapted_student(student_model: str, adapter_state: dict[str, torch.Te
     from chelation.models import load_model, resolve_model
 
     student = load_model(resolve_model(student_model), max_seq_length)
-    dim = int(adapter_state["up.weight"].shape[0])
-    module = AdapterModule(dim, hidden_dim)
-    module.adapter.load_state_dict(adapter_state)
-    module.eval()
     # a new pipeline over the student's modules: the cached student itself stays as it was
-    model = SentenceTransformer(modules=[*student, module], device="cpu")
+    model = SentenceTransformer(modules=[*student, _adapter_module(adapter_state, hidden_dim)],
+                                device="cpu")
     out = Path(out_dir)
     model.save(str(out))
     return out
@@ -185,9 +195,8 @@ def export_blended_student(student_model: str, adapter_state: dict[str, torch.Te
                                  SentenceTransformer(modules=[*teacher], device="cpu"),
                                  projection, teacher_weight)
     router = Router.for_query_document(query_modules=[*student], document_modules=[documents])
-    adapter = AdapterModule(int(adapter_state["up.weight"].shape[0]), hidden_dim)
-    adapter.adapter.load_state_dict(adapter_state)
-    model = SentenceTransformer(modules=[router, adapter], device="cpu")
+    model = SentenceTransformer(modules=[router, _adapter_module(adapter_state, hidden_dim)],
+                                device="cpu")
     model.eval()
     out = Path(out_dir)
     model.save(str(out))
