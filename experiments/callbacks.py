@@ -117,9 +117,9 @@ class MlflowSweepCallback(Callback):
 def _check_student(config: DictConfig) -> None:
     """Exit on one line, naming `student.model`, when the sweep's one student cannot be found
     (every job would fail alike); a sweep over students leaves each job to check its own."""
-    swept = [str(o) for o in config.hydra.overrides.task if str(o).startswith("student.model=")]
-    swept += [k for k in (config.hydra.sweeper.get("params") or {}) if k == "student.model"]
-    if any("," in o for o in swept) or "student.model" in swept:
+    swept = "student.model" in (config.hydra.sweeper.get("params") or {}) or any(
+        str(o).startswith("student.model=") and "," in str(o) for o in config.hydra.overrides.task)
+    if swept:
         return
     try:
         locate_model(config.student.model)
