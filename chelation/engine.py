@@ -104,8 +104,11 @@ def _batches(n: int) -> list[tuple[int, int]]:
     return [(s, min(s + _UPSERT_BATCH, n)) for s in range(0, n, _UPSERT_BATCH)]
 
 
-def _rows(vectors: np.ndarray) -> list[np.ndarray]:
-    return list(np.ascontiguousarray(vectors, dtype=np.float32))
+def _rows(vectors: np.ndarray) -> list[list[float]]:
+    # a list of floats per row: the engine takes these about twice as fast as float32 arrays
+    # or one whole-matrix tolist (1,400 x 384 replaced in 19 ms against 38-48 ms here); the
+    # float32 values come back from the engine unchanged
+    return [row.tolist() for row in np.asarray(vectors, dtype=np.float32)]
 
 
 class EdgeIndex(VectorIndex):
@@ -134,8 +137,7 @@ class EdgeIndex(VectorIndex):
 
     def _upsert(self, first_id: int, vectors: np.ndarray, doc_ids: Sequence[str]) -> None:
         qe = self._qe
-        # no payload: a point's id is its document's position, and doc_ids map it back. Rows go
-        # in as float32 arrays: converting them to Python lists first cost more than the engine
+        # no payload: a point's id is its document's position, and doc_ids map it back
         points = [qe.Point(first_id + i, v) for i, v in enumerate(_rows(vectors))]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 

@@ -1,0 +1,2 @@
+"""Hydra sweeper `hydra/sweeper=chelation_grid` (the default): Hydra's grid, each job composed
+once."""
