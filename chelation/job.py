@@ -27,6 +27,7 @@ from chelation.job_files import (
 )
 from chelation.job_run import StoreGuard, finish_run, start_run
 from chelation.kinds import Protocol
+from chelation.loading import import_paused
 from chelation.models import ModelUnavailable, locate_model
 from chelation.settings import JobConfig, SettingsError
 from chelation.signals import signals_interrupt
@@ -116,10 +117,9 @@ def _run_protocol(dataset: RetrievalDataset, config: JobConfig, on_cycle: _Cycle
         with signals_interrupt():
             # torch loads with the protocol: only for a job that runs, and after the signal
             # handlers, so a job stopped while it loads is marked KILLED like one stopped later
-            from chelation.protocol import run_job
-
-            return run_job(dataset, config, on_cycle=on_cycle,
-                           show_progress=config.show_progress)
+            protocol = import_paused("chelation.protocol")
+            return protocol.run_job(dataset, config, on_cycle=on_cycle,
+                                    show_progress=config.show_progress)
     except BaseException as err:
         if run is not None:
             track(run.finish, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from chelation.loading import import_paused
 from chelation.settings import DEFAULT_PRECISION, DEFAULT_STUDENT
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,10 @@ def load_model(resolved: str, max_seq_length: int | None = None):  # -> Sentence
 def _load(resolved: str, max_seq_length: int | None):  # -> SentenceTransformer
     if not Path(resolved).exists():
         locate_model(resolved)  # a hub id: raises at once when the hub cannot be reached
-    from sentence_transformers import SentenceTransformer
-
+    sentence_transformers = import_paused("sentence_transformers")
     log.info("loading embedding model %s", resolved)
     try:
-        model = SentenceTransformer(resolved, device="cpu")
+        model = sentence_transformers.SentenceTransformer(resolved, device="cpu")
     except Exception as err:  # noqa: BLE001 - any loader failure means "unavailable"
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise ModelUnavailable(f"cannot load embedding model {resolved!r}: {reason}") from err

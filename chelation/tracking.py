@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from chelation.loading import collector_paused
 from chelation.run_owner import Heartbeat, owner_tags
 from chelation.tags import PARENT_TAG, ROLE_TAG, SWEEP_DIR_TAG, Tag
 
@@ -55,9 +56,10 @@ def with_busy_timeout(uri: str, seconds: int = 60) -> str:
 @functools.cache
 def client(uri: str) -> MlflowClient:
     """One client per store and process: every job of a multirun in this process shares it."""
-    from mlflow.tracking import MlflowClient
+    with collector_paused():  # MLflow and its SQL store load here, once (chelation.loading)
+        from mlflow.tracking import MlflowClient
 
-    return MlflowClient(with_busy_timeout(uri))
+        return MlflowClient(with_busy_timeout(uri))
 
 
 _prepared: dict[tuple[str, str], str] = {}
@@ -121,9 +123,9 @@ def prepare_store(uri: str, experiment: str) -> str:
 
 
 def _experiment_id(uri: str, experiment: str) -> str:
+    found = client(uri).get_experiment_by_name(experiment)  # first: MLflow loads with the client
     from mlflow.exceptions import MlflowException
 
-    found = client(uri).get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     try:
