@@ -4,7 +4,6 @@ once. Run through Hydra's own config loader, sweeper setup and basic launcher on
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cloudpickle
@@ -44,7 +43,9 @@ def _sweep(tmp_path: Path, *arguments: str) -> tuple[CountingLoader, list[str]]:
     loader = CountingLoader()
     config = loader.load_configuration(
         "config", [f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=false",
-                   "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"], RunMode.MULTIRUN)
+                   # the launcher configures logging for its jobs: here it must leave the test
+                   # process's loggers as they are (`disabled` would switch off every logger)
+                   "hydra/job_logging=none", "hydra/hydra_logging=none"], RunMode.MULTIRUN)
     HydraConfig.instance().set_config(config)
     ran: list[str] = []
 
@@ -56,11 +57,7 @@ def _sweep(tmp_path: Path, *arguments: str) -> tuple[CountingLoader, list[str]]:
                                                      config=config)
     # Hydra loads plugins in a module of its own: the class is the same code, not the same object
     assert type(sweeper).__qualname__ == GridSweeper.__qualname__
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        sweeper.sweep(list(arguments))
-    finally:  # the launcher configures logging for its jobs: leave the test process's as it was
-        logging.root.handlers[:], logging.root.level = handlers, level
+    sweeper.sweep(list(arguments))
     return loader, ran
 
 
