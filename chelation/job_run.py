@@ -82,7 +82,7 @@ def _already_done(config: JobConfig, summary: JobSummary, client: Any,
     name = f"{summary.config_label} seed {config.seed}"
     finished = tracking.finished_runs(client, experiment_id, summary.config_hash) \
         if config.tracking.resume else []
-    decision = resume.decide(finished, lambda: teacher_ready)
+    decision = resume.decide(finished, teacher_ready)
     done = decision.done
     if decision.rerun_of is not None:
         fallback = decision.rerun_of.data.tags.get(Tag.FALLBACK)

@@ -7,7 +7,7 @@ new run replaces the degraded one (the analysis keeps one run per configuration)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +29,15 @@ def fell_back(run: Any) -> bool:
     return Fallback.degraded(run.data.tags.get(Tag.FALLBACK))
 
 
-def decide(finished: Sequence[Any], model_ready: Callable[[], bool]) -> ResumeDecision:
-    """`finished`: the configuration's finished runs, newest first. A complete run is done;
-    a degraded one is done only while the model it missed still cannot be had (`model_ready`
-    is asked only then)."""
+def decide(finished: Sequence[Any], models_ready: bool) -> ResumeDecision:
+    """`finished`: the configuration's finished runs, newest first; `models_ready`: whether the
+    models the job needs can be had now. A complete run is done; a degraded one is done only
+    while they still cannot."""
     complete = [r for r in finished if not fell_back(r)]
     if complete:
         return ResumeDecision(done=complete[0])
     if not finished:
         return ResumeDecision()
-    if model_ready():
+    if models_ready:
         return ResumeDecision(rerun_of=finished[0])
     return ResumeDecision(done=finished[0])

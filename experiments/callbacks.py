@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ from omegaconf import DictConfig
 from chelation import tracking
 from chelation.claims import retire_stale_runs
 from chelation.identity import NOT_IDENTITY, identity
-from chelation.job_files import CONFIG_FILE, RESULTS_FILE, JobSummary
+from chelation.job_files import CONFIG_FILE, JobSummary
 from chelation.kinds import Fallback
 from chelation.models import ModelUnavailable, locate_model
 from chelation.run_owner import Heartbeat
@@ -79,7 +81,8 @@ class MlflowSweepCallback(Callback):
             exit_with_parent(int(pid))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        table = sweep_table(config.hydra.sweep.dir)
+        jobs = sweep_jobs(config.hydra.sweep.dir)
+        table = sweep_table(jobs)
         summary, browse, sweep = None, "", dict(_open_sweep)
         store = tracking.sqlite_path(sweep["uri"]) if sweep else None
         if store is not None and not store.exists():  # said once, not by every call below
@@ -93,7 +96,7 @@ class MlflowSweepCallback(Callback):
                       f"{tracking.ui_link(sweep['experiment_id'])}")
             try:  # the parent run carries the sweep's table and its answer
                 summary = log_sweep_summary(sweep["uri"], config.tracking.experiment,
-                                            sweep["run_id"], config.hydra.sweep.dir, table)
+                                            sweep["run_id"], jobs, table)
             except Exception as err:  # noqa: BLE001 - the table is also on the console
                 log.error("could not log the sweep's summary to MLflow: %s",
                           " ".join(str(err).split())[:200])
@@ -102,7 +105,7 @@ class MlflowSweepCallback(Callback):
             _retire_killed_jobs(sweep["uri"], sweep["experiment_id"])
         if table:
             log.info("sweep %s:\n%s", config.hydra.sweep.dir, table)
-        untracked = untracked_jobs(config.hydra.sweep.dir)
+        untracked = [job.folder for job in jobs if job.summary and job.summary.untracked]
         if untracked:
             log.warning("%d job(s) of this sweep are not in the MLflow store (it stopped "
                         "answering); their results are on disk: %s; to bring them into a store: "
@@ -127,7 +130,7 @@ def _check_student(config: DictConfig) -> None:
         exit_for(ModelUnavailable(f"student.model={config.student.model!r}: {err}"))
 
 
-def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | Path,
+def log_sweep_summary(uri: str, experiment: str, run_id: str, jobs: Sequence[SweepJob],
                       table: str) -> SweepSummary:
     """Log on the parent run the table of the sweep's jobs (`sweep_table.txt`) and its summary
     (`chelation.analysis.sweep`): the configuration each fold chose on its training-side
@@ -142,18 +145,35 @@ def log_sweep_summary(uri: str, experiment: str, run_id: str, sweep_dir: str | P
     client = tracking.client(uri)
     if table:
         client.log_text(run_id, table, "sweep_table.txt")
-    summary = sweep_summary(uri, experiment, run_id, sweep_config_hashes(sweep_dir))
+    # the config hashes of the sweep's jobs, those skipped as already done included
+    config_hashes = {identity(job.config)[0] for job in jobs}
+    summary = sweep_summary(uri, experiment, run_id, config_hashes)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.metrics.items()],
                      tags=[RunTag(k, v) for k, v in summary.tags.items()])
     return summary
 
 
-def sweep_config_hashes(sweep_dir: str | Path) -> set[str]:
-    """The config hashes of the sweep's jobs, those skipped as already done included (each job
-    folder keeps its resolved config.yaml)."""
-    return {identity(yaml.safe_load(path.read_text()))[0]
-            for path in Path(sweep_dir).glob("*/config.yaml")}
+@dataclass(frozen=True)
+class SweepJob:
+    """One job folder of a sweep: its resolved config (every job writes one, a skipped job
+    included) and its results, once it wrote them (None before, or unreadable)."""
+
+    folder: Path
+    config: dict[str, Any]
+    summary: JobSummary | None
+
+
+def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
+    """Every job folder of the sweep, each file read once, in folder order."""
+    jobs = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{CONFIG_FILE}")):
+        try:
+            summary = JobSummary.read(path.parent)
+        except (OSError, ValueError):
+            summary = None
+        jobs.append(SweepJob(path.parent, yaml.safe_load(path.read_text()) or {}, summary))
+    return jobs
 
 
 def sweep_name(overrides) -> str:
@@ -168,14 +188,15 @@ def sweep_name(overrides) -> str:
     return f"sweep {' '.join(telling or overrides)}"[:250]
 
 
-def sweep_table(sweep_dir: str | Path) -> str:
+def sweep_table(jobs: Sequence[SweepJob]) -> str:
     """One line per job that ran in the sweep: configuration, seed, final NDCG@10, its change
     from cycle 0, the updates the guard rolled back and any fallback, best first, and what the
     columns mean (jobs skipped as already done wrote no results here)."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
-        summary = JobSummary.read(path.parent)
-        config = yaml.safe_load((path.parent / CONFIG_FILE).read_text())
+    for job in jobs:
+        summary = job.summary
+        if summary is None:
+            continue
         cycles, final = summary.cycles, summary.totals.get("final_ndcg_at_10")
         if not cycles or final is None:
             continue
@@ -185,7 +206,7 @@ def sweep_table(sweep_dir: str | Path) -> str:
         fallback = summary.totals.get("fallback", Fallback.NONE)
         if summary.rerun_of:
             fallback += f" (re-run: {summary.rerun_of['fallback']} before)"
-        rows.append((summary.config_label, config.get("seed"), final, final - first,
+        rows.append((summary.config_label, job.config.get("seed"), final, final - first,
                      int(rollbacks), fallback))
     if not rows:
         return ""
@@ -201,19 +222,6 @@ def sweep_table(sweep_dir: str | Path) -> str:
         lines += ["re-run: this configuration had a finished run that fell back for a missing "
                   "model, now installed; the new run replaces it in the analysis."]
     return "\n".join(lines)
-
-
-def untracked_jobs(sweep_dir: str | Path) -> list[Path]:
-    """The job folders whose results the tracking store never received (results.json says
-    `untracked`)."""
-    out = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
-        try:
-            if JobSummary.read(path.parent).untracked:
-                out.append(path.parent)
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 _open_sweep: dict[str, Any] = {}

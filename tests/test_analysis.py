@@ -546,10 +546,10 @@ def _parent(store, experiment):
 
 
 def test_the_sweep_summary_is_the_nested_choice_and_its_test_interval(store, tmp_path):
-    from experiments.callbacks import log_sweep_summary
+    from experiments.callbacks import log_sweep_summary, sweep_jobs
 
     client, parent = _parent(store, "full")
-    summary = log_sweep_summary(store, "full", parent, tmp_path, "the table")
+    summary = log_sweep_summary(store, "full", parent, sweep_jobs(tmp_path), "the table")
     chosen = "hybrid/mpnet/constant:0.5/procrustes"  # the largest validation effect in FULL
     run = client.get_run(parent)
     # every (seed, fold) chose it: 3 seeds x 3 folds

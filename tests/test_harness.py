@@ -336,7 +336,7 @@ def test_every_experiment_preset_composes_into_valid_settings(preset: str) -> No
 
 def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
     from chelation.job_files import JobSummary
-    from experiments.callbacks import sweep_table
+    from experiments.callbacks import sweep_jobs, sweep_table
 
     jobs = [("baseline", 0, 0.30, 0.31, [0, 1, 1], 0, "none"),
             ("frozen/x", 0, 0.33, 0.33, [0, 0, 0], 0, "none"),
@@ -351,7 +351,7 @@ def test_sweep_table_lists_each_job_best_first(tmp_path: Path) -> None:
                    cycles=[{"cycle": c, "ndcg_at_10": first, "rollback": r}
                            for c, r in enumerate(rollbacks)]).write(job)
     (tmp_path / "3").mkdir()  # a skipped job writes no results
-    lines = sweep_table(tmp_path).splitlines()
+    lines = sweep_table(sweep_jobs(tmp_path)).splitlines()
     assert lines[1].split() == ["frozen/x", "0", "0.3300", "+0.0000", "0", "none"]
     assert lines[2].split() == ["baseline", "0", "0.3100", "+0.0100", "2", "none"]
     assert lines[3].split() == ["offline/t/procrustes", "1", "0.3000", "+0.0000", "2", "baseline"]

@@ -21,20 +21,17 @@ def _run(run_id: str, fallback: str) -> SimpleNamespace:
                            data=SimpleNamespace(tags={Tag.FALLBACK: fallback}))
 
 
-def _never() -> bool:
-    raise AssertionError("the model is asked about only when every finished run fell back")
-
-
-def test_a_complete_run_is_done_whatever_fell_back_before() -> None:
+@pytest.mark.parametrize("models_ready", [True, False])
+def test_a_complete_run_is_done_whatever_fell_back_before(models_ready: bool) -> None:
     runs = [_run("new", "baseline"), _run("old", Fallback.NONE)]
-    assert resume.decide(runs, _never) == resume.ResumeDecision(done=runs[1])
+    assert resume.decide(runs, models_ready) == resume.ResumeDecision(done=runs[1])
+    assert resume.decide([], models_ready) == resume.ResumeDecision()
 
 
 def test_a_run_that_fell_back_is_run_again_only_once_its_model_is_back() -> None:
     runs = [_run("newer", "baseline,no_update"), _run("older", "student_documents")]
-    assert resume.decide(runs, lambda: True) == resume.ResumeDecision(rerun_of=runs[0])
-    assert resume.decide(runs, lambda: False) == resume.ResumeDecision(done=runs[0])
-    assert resume.decide([], _never) == resume.ResumeDecision()
+    assert resume.decide(runs, True) == resume.ResumeDecision(rerun_of=runs[0])
+    assert resume.decide(runs, False) == resume.ResumeDecision(done=runs[0])
 
 
 def test_degraded_means_a_recorded_fallback() -> None:
