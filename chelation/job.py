@@ -50,11 +50,11 @@ def run_tracked_job(config: JobConfig, output_dir: str | Path,
     # the data and the models are checked before any run exists: a rejected file or a model
     # that cannot be found leaves nothing behind
     dataset = load_dataset(config.dataset)
-    teacher_ready = check_job(config, dataset)
+    models_ready = check_job(config, dataset)
     track = StoreGuard(config.tracking.uri, output_dir)
     run: tracking.JobRun | None = None
     if config.tracking.enabled:
-        run = start_run(config, as_dict, summary, parent_run_id, track, teacher_ready)
+        run = start_run(config, as_dict, summary, parent_run_id, track, models_ready)
         if run is None and not track.failed:  # skipped: done, or a live sibling has it
             return summary
     if run is not None:

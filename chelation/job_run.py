@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 
 def start_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary,
               parent_run_id: str | None, track: StoreGuard,
-              teacher_ready: bool) -> tracking.JobRun | None:
+              models_ready: bool) -> tracking.JobRun | None:
     """The job's run, or None: skipped (the summary says so), or mid-sweep a store that
-    stopped answering (`track` failed, the job goes on without it). `teacher_ready`: whether
+    stopped answering (`track` failed, the job goes on without it). `models_ready`: whether
     the models the job needs can be had (chelation.job.check_job found them), which decides
     whether a finished run that fell back is run again."""
     try:
         with tracking.errors_reported_by_caller() if parent_run_id else nullcontext():
-            return _open_run(config, as_dict, summary, parent_run_id, teacher_ready)
+            return _open_run(config, as_dict, summary, parent_run_id, models_ready)
     except tracking.store_errors() as err:
         if parent_run_id is None:  # a single job: the store is the user's to fix
             raise
@@ -50,7 +50,7 @@ def start_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
 
 
 def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary,
-              parent_run_id: str | None, teacher_ready: bool) -> tracking.JobRun | None:
+              parent_run_id: str | None, models_ready: bool) -> tracking.JobRun | None:
     """The job's MLflow run, or None (the summary then marked skipped) when the configuration
     already has a finished run or a live sibling that started first."""
     target = config.tracking
@@ -61,7 +61,7 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
     client = tracking.client(target.uri)
     if parent_run_id is None:  # a sweep's callback retires them once for all its jobs
         retire_stale_runs(client, experiment_id)
-    if _already_done(config, summary, client, experiment_id, teacher_ready):
+    if _already_done(config, summary, client, experiment_id, models_ready):
         return None
     run = tracking.JobRun(target.uri, experiment_id, f"{summary.config_label}/seed{config.seed}",
                           flatten(as_dict), job_tags(config, summary), parent_run_id)
@@ -75,14 +75,14 @@ def _open_run(config: JobConfig, as_dict: Mapping[str, Any], summary: JobSummary
 
 
 def _already_done(config: JobConfig, summary: JobSummary, client: Any,
-                  experiment_id: str, teacher_ready: bool) -> bool:
+                  experiment_id: str, models_ready: bool) -> bool:
     """Whether resume skips the job: its configuration has a finished run that stands for it
     (the summary then carries that run's id and final scores). A finished run that fell back
     for a model that can be had now is noted in `summary.rerun_of`, to be replaced."""
     name = f"{summary.config_label} seed {config.seed}"
     finished = tracking.finished_runs(client, experiment_id, summary.config_hash) \
         if config.tracking.resume else []
-    decision = resume.decide(finished, teacher_ready)
+    decision = resume.decide(finished, models_ready)
     done = decision.done
     if decision.rerun_of is not None:
         fallback = decision.rerun_of.data.tags.get(Tag.FALLBACK)
