@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from chelation import tracking
 from chelation.identity import NOT_IDENTITY, excluded_keys
 from chelation.job_files import PER_QUERY_FILE, SELECTION_FILE
 from chelation.kinds import MODES, Fallback, Mode
@@ -45,21 +46,13 @@ _PER_QUERY_META = ("group_hash", "config_label", "mode", "teacher", "student", "
 # Loaders (MLflow)
 # --------------------------------------------------------------------------------------------
 
-def _client(tracking_uri: str):
-    """The process's one client for the store (chelation.tracking.client): the loaders below
-    call this once per run, which must not open the store each time."""
-    from chelation.tracking import client
-
-    return client(tracking_uri)
-
-
 def load_runs(tracking_uri: str, experiment: str, where: Sequence[str] = ("",)) -> pd.DataFrame:
     """Finished job runs of one experiment, one row per run (see the module docstring).
     `where`: MLflow filter clauses, each searched on its own (MLflow's filter has no OR), and
     the runs any of them finds; by default every finished job run of the experiment."""
     from mlflow.entities import ViewType
 
-    client = _client(tracking_uri)
+    client = tracking.client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"experiment {experiment!r} does not exist in {tracking_uri}")
@@ -266,7 +259,7 @@ def run_summary(runs: pd.DataFrame, metrics: Sequence[str] = ("ndcg_at_10", "val
 def metric_history(tracking_uri: str, run_ids: Iterable[str], metric: str) -> pd.DataFrame:
     """Every step of one metric for some runs: columns run_id, step, value (the last value
     logged at each step wins)."""
-    client = _client(tracking_uri)
+    client = tracking.client(tracking_uri)
     rows = [(run_id, m.step, m.value, m.timestamp)
             for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
     frame = pd.DataFrame(rows, columns=["run_id", "step", "value", "timestamp"])
@@ -280,7 +273,7 @@ def per_query_table(tracking_uri: str, run_id: str, artifact: str = PER_QUERY_AR
     """A run's per-query artifact: columns run_id, cycle, query_id (str), ndcg_at_10, and
     `fold` (the fold that tested the query; in `selection_ndcg.csv` the fold that may choose
     on it) where the run logged one."""
-    client = _client(tracking_uri)
+    client = tracking.client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, artifact, tmp)
         table = pd.read_csv(path, dtype={"query_id": str})
