@@ -138,10 +138,7 @@ def check_job(config: JobConfig, dataset: RetrievalDataset) -> bool:
                             f"(dataset {dataset.name!r} has none: set dataset.train_split, "
                             "e.g. train for SciFact, or protocol=split)")
     check_engine(config.engine)
-    try:
-        locate_model(config.student.model)
-    except ModelUnavailable as err:
-        raise ModelUnavailable(f"student.model={config.student.model!r}: {err}") from None
+    locate_student(config.student.model)
     if not config.needs_teacher:
         return True
     try:
@@ -151,6 +148,15 @@ def check_job(config: JobConfig, dataset: RetrievalDataset) -> bool:
                     config.teacher.model, " ".join(str(err).split()))
         return False
     return True
+
+
+def locate_student(model: str) -> str:
+    """Where the student model is; ModelUnavailable naming `student.model` and where it was
+    looked for (what a job, or a sweep before its parent run, says when it cannot be found)."""
+    try:
+        return locate_model(model)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"student.model={model!r}: {err}") from None
 
 
 def job_summary(label: str, seed: int, result: JobResult, seconds: float, output_dir: Path,

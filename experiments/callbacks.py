@@ -23,9 +23,10 @@ from omegaconf import DictConfig
 from chelation import tracking
 from chelation.claims import retire_stale_runs
 from chelation.identity import NOT_IDENTITY, identity
+from chelation.job import locate_student
 from chelation.job_files import CONFIG_FILE, JobSummary
 from chelation.kinds import Fallback
-from chelation.models import ModelUnavailable, locate_model
+from chelation.models import ModelUnavailable
 from chelation.run_owner import Heartbeat
 from chelation.signals import exit_with_parent
 from chelation.tags import SWEEP_DIR_TAG
@@ -125,9 +126,9 @@ def _check_student(config: DictConfig) -> None:
     if swept:
         return
     try:
-        locate_model(config.student.model)
+        locate_student(config.student.model)
     except ModelUnavailable as err:
-        exit_for(ModelUnavailable(f"student.model={config.student.model!r}: {err}"))
+        exit_for(err)
 
 
 def log_sweep_summary(uri: str, experiment: str, run_id: str, jobs: Sequence[SweepJob],
