@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from chelation.kinds import Mode, Schedule
+from chelation.kinds import Mode, Schedule, SelectionMethod
 from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
 
 # Keys that do not change what a job computes: never part of its identity.
@@ -79,6 +79,9 @@ def excluded_keys(config: RunSettings | Mapping[str, Any]) -> tuple[str, ...]:
         if not config.get(part, {}).get("force_precision", False):
             # the default: bfloat16 where the CPU has it; keeps the identity of earlier runs
             exclude = exclude + (f"{part}.force_precision",)
+    method = config.get("selection", {}).get("method", SelectionMethod.HOLDOUT)
+    exclude = exclude + (("selection.inner_folds",) if method == SelectionMethod.HOLDOUT
+                         else ("selection.fraction",))
     if not config["training"].get("listwise_weight"):
         # off by default; keeps the identity of runs made before the term existed
         exclude = exclude + ("training.listwise_",)

@@ -99,6 +99,14 @@ class Protocol(StrEnum):
     OFFICIAL = "official"  # the dataset's own train queries; all its test queries
 
 
+class SelectionMethod(StrEnum):
+    """How a fold scores the configurations it chooses among (chelation.protocol.make_folds):
+    always on training-side queries that trained none of them and guarded none of their updates."""
+
+    HOLDOUT = "holdout"  # a slice of the training side set apart before anything is fitted
+    INNER = "inner"      # inner folds over the training side, each scored by an unseeing model
+
+
 class DocumentKind(StrEnum):
     """What the index holds per document (chelation.documents); queries are always the student's."""
 

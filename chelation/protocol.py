@@ -16,13 +16,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from chelation.data import (
     RetrievalDataset,
+    inner_folds,
     kfold_queries,
+    selection_slice,
     split_queries,
     validation_slice,
 )
 from chelation.documents import DocumentChoice, document_vectors
 from chelation.encoders import CachedEncoder
-from chelation.kinds import Fallback, Mode, Protocol
+from chelation.kinds import Fallback, Mode, Protocol, SelectionMethod
 from chelation.metrics import mean_and_std
 from chelation.query_cost import QueryCost, measure_query_cost
 from chelation.retriever import EVAL_DEPTH, ChelatedRetriever, EncodedDataset, SedimentResult
@@ -43,9 +45,9 @@ class CycleRecord:
     recall_at_100: float
     val_ndcg_at_10: float
     per_query: dict[str, float]
-    # each test query's fold, and per fold the per-query scores a fold may choose a
-    # configuration on (never one of its test queries): its validation slice for a mode that
-    # trains, all of its training-side queries for one that does not
+    # each test query's fold, and per fold the per-query scores the fold chooses a configuration
+    # on: training-side queries that trained no model scoring them and guarded none of its
+    # updates, the same queries for every configuration (see make_folds)
     test_fold: dict[str, int] = field(default_factory=dict)
     selection: dict[int, dict[str, float]] = field(default_factory=dict)
     query_time_s: float = 0.0
@@ -91,16 +93,36 @@ class JobResult:
 
 @dataclass
 class Fold:
+    """One model's queries: `fit` trains it, `guard` accepts or rolls back each of its updates,
+    `test` scores it. An outer fold's `select` (selection.method=holdout) are the queries it
+    chooses a configuration on. An inner fold (`parent` set) divides its parent's training side
+    (selection.method=inner): its model exists only to score its `test` queries for the
+    parent's selection."""
+
     fit: list[str]
-    val: list[str]
+    guard: list[str]
     test: list[str]
+    select: list[str] = field(default_factory=list)
+    parent: int | None = None
+
+    @property
+    def training_side(self) -> list[str]:
+        return [*self.fit, *self.guard, *self.select]
+
+
+def _fit_and_guard(train: Sequence[str], settings: RunSettings) -> tuple[list[str], list[str]]:
+    if settings.validation_fraction > 0:
+        return validation_slice(train, settings.validation_fraction, settings.seed)
+    return list(train), []
 
 
 def make_folds(query_ids: list[str], settings: RunSettings,
                train_query_ids: Sequence[str] = ()) -> list[Fold]:
-    """The (fit, validation, test) query sets of each fold. `split` and `kfold` divide the judged
-    `query_ids`; `official` trains on the dataset's own `train_query_ids` (a validation slice of
-    them judges the guard and model selection) and tests on every one of `query_ids`."""
+    """The outer folds: (fit, guard, test, select) query sets. `split` and `kfold` divide the
+    judged `query_ids`; `official` trains on the dataset's own `train_query_ids` and tests on
+    every one of `query_ids`. With selection.method=holdout the selection slice is set apart
+    from the training side first (it depends only on the ids and the seed, so every
+    configuration chooses on the same queries), then the guard's slice from the rest."""
     if settings.protocol == Protocol.OFFICIAL:
         if not train_query_ids:
             raise SettingsError("protocol=official needs a dataset with its own train queries "
@@ -112,10 +134,35 @@ def make_folds(query_ids: list[str], settings: RunSettings,
         pairs = [split_queries(query_ids, settings.test_fraction, settings.seed)]
     folds = []
     for train, test in pairs:
-        fit, val = (validation_slice(train, settings.validation_fraction, settings.seed)
-                    if settings.validation_fraction > 0 else (list(train), []))
-        folds.append(Fold(fit=fit, val=val, test=list(test)))
+        select: list[str] = []
+        if settings.selection.method == SelectionMethod.HOLDOUT:
+            train, select = selection_slice(train, settings.selection.fraction, settings.seed)
+        fit, guard = _fit_and_guard(train, settings)
+        folds.append(Fold(fit=fit, guard=guard, test=list(test), select=select))
     return folds
+
+
+def selection_folds(folds: Sequence[Fold], settings: RunSettings) -> list[Fold]:
+    """The inner folds of selection.method=inner, over each outer fold's training side. None
+    where the configuration's model does not depend on its training queries (no training, no
+    projection fitted on them): each inner model would be the outer one, which then scores the
+    training side itself."""
+    if (settings.selection.method != SelectionMethod.INNER
+            or not depends_on_training_queries(settings)):
+        return []
+    inner = []
+    for i, outer in enumerate(folds):
+        for train, test in inner_folds(outer.training_side, settings.selection.inner_folds,
+                                       settings.seed):
+            fit, guard = _fit_and_guard(train, settings)
+            inner.append(Fold(fit=fit, guard=guard, test=test, parent=i))
+    return inner
+
+
+def depends_on_training_queries(settings: RunSettings) -> bool:
+    """Whether a fold's model changes with its training queries."""
+    return (Mode(settings.training.mode).trains
+            or (settings.index.fit_queries and settings.index.document_weight > 0))
 
 
 def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> EncodedDataset:
@@ -181,17 +228,18 @@ def run_encoded(
     started = time.perf_counter()
     result = JobResult()
     dataset = encoded.dataset
-    folds = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
+    outer = make_folds(dataset.judged_query_ids, settings, dataset.train_query_ids)
+    folds = [*outer, *selection_folds(outer, settings)]
     fold_data = _fold_documents(encoded, folds, settings, teacher)
     result.fallbacks.extend(c.fallback for c in fold_data if c.fallback != Fallback.NONE)
-    result.projections = [c.projection for c in fold_data]
+    result.projections = [c.projection for c in fold_data[:len(outer)]]
     retrievers = [ChelatedRetriever(encoded.with_documents(choice.vectors), settings, teacher,
-                                    f.val, fold=i)
+                                    f.guard, fold=i)
                   for i, (f, choice) in enumerate(zip(folds, fold_data, strict=True))]
     result.setup_time_s = time.perf_counter() - started
 
     try:
-        first = _cycle_zero(retrievers, folds)
+        first = _cycle_zero(retrievers, folds, settings)
         _record(result, on_cycle, first)
         if Mode(settings.training.mode).distils_first:
             t0 = time.perf_counter()
@@ -201,19 +249,20 @@ def run_encoded(
                 result.fallbacks.append(outcome.fallback)
                 result.distill_rollbacks += int(outcome.rollback)
             result.distill_time_s = time.perf_counter() - t0
-        rng = np.random.default_rng(settings.seed)
+        # one stream per fold: a fold draws the same batches whatever other folds run beside it
+        rngs = [np.random.default_rng([settings.seed, i]) for i in range(len(folds))]
         bar = tqdm(range(1, settings.cycles + 1), desc=f"{settings.training.mode} cycles",
                    disable=not show_progress)
         # log lines print above the bar instead of through it
         with logging_redirect_tqdm():
-            _run_cycles(bar, first, retrievers, folds, settings, rng, result, on_cycle)
+            _run_cycles(bar, first, retrievers, folds, settings, rngs, result, on_cycle)
         if settings.query_cost_sample and student is not None:
             sample = folds[0].test[:settings.query_cost_sample]
             result.query_cost = measure_query_cost(
                 student, retrievers[0].adapter, retrievers[0].index,
                 [dataset.queries[q] for q in sample], encoded.query_matrix(sample), EVAL_DEPTH)
     finally:
-        result.adapter_states = [r.adapter.state_dict() for r in retrievers]
+        result.adapter_states = [r.adapter.state_dict() for r in retrievers[:len(outer)]]
         for r in retrievers:
             r.close()
     result.total_time_s = time.perf_counter() - started
@@ -251,19 +300,27 @@ def _record(result: JobResult, on_cycle, record: CycleRecord) -> None:
         on_cycle(record)
 
 
-def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
+def _evaluate_folds(retrievers, folds, record: CycleRecord,
+                    settings: RunSettings) -> CycleRecord:
     per_query: dict[str, float] = {}
     recalls: list[float] = []
     vals: list[float] = []
     for i, (r, f) in enumerate(zip(retrievers, folds, strict=True)):
         ev = r.evaluate(f.test)
+        record.eval_time_s += ev.seconds
+        if f.parent is not None:
+            record.selection.setdefault(f.parent, {}).update(ev.per_query)
+            continue
         per_query.update(ev.per_query)
         record.test_fold.update(dict.fromkeys(ev.per_query, i))
         recalls.extend([ev.recall_at_100] * len(f.test))
-        record.eval_time_s += ev.seconds
-        if f.val:
+        if f.guard:
             vals.append(r.validation_ndcg())
-        record.selection[i] = _selection_scores(r, f)
+        own = _selection_queries(f, settings)
+        if own:
+            selected = r.evaluate(own)
+            record.eval_time_s += selected.seconds
+            record.selection[i] = selected.per_query
     record.per_query = per_query
     record.ndcg_at_10, record.ndcg_at_10_std = mean_and_std(list(per_query.values()))
     record.recall_at_100 = float(np.mean(recalls)) if recalls else float("nan")
@@ -271,17 +328,20 @@ def _evaluate_folds(retrievers, folds, record: CycleRecord) -> CycleRecord:
     return record
 
 
-def _selection_scores(retriever: ChelatedRetriever, fold: Fold) -> dict[str, float]:
-    """What the fold may choose a configuration on: a trained model only on its validation
-    slice (its fit queries trained it); an untrained one on every training-side query, which
-    costs one search each and is never a test query of the fold."""
-    if retriever.mode.trains:
-        return retriever.validation_scores()
-    return retriever.evaluate([*fold.fit, *fold.val]).per_query
+def _selection_queries(fold: Fold, settings: RunSettings) -> list[str]:
+    """The queries an outer fold's own model scores for its selection: its holdout slice; under
+    selection.method=inner, its whole training side when its model does not depend on those
+    queries (otherwise its inner folds' models score them)."""
+    if fold.select:
+        return fold.select
+    if (settings.selection.method == SelectionMethod.INNER
+            and not depends_on_training_queries(settings)):
+        return fold.training_side
+    return []
 
 
-def _cycle_zero(retrievers, folds) -> CycleRecord:
-    return _evaluate_folds(retrievers, folds, _blank_record(0))
+def _cycle_zero(retrievers, folds, settings: RunSettings) -> CycleRecord:
+    return _evaluate_folds(retrievers, folds, _blank_record(0), settings)
 
 
 def _blank_record(cycle: int) -> CycleRecord:
@@ -291,7 +351,7 @@ def _blank_record(cycle: int) -> CycleRecord:
 
 
 def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSettings,
-                rng: np.random.Generator, result: JobResult,
+                rngs: list[np.random.Generator], result: JobResult,
                 on_cycle: Callable[[CycleRecord], None] | None) -> None:
     for cycle in bar:
         weight = teacher_weight_at(settings.weight.schedule, cycle, settings.cycles,
@@ -301,26 +361,29 @@ def _run_cycles(bar, first: CycleRecord, retrievers, folds, settings: RunSetting
             # (a flat line to read the other arms against), not searched again
             record = replace(first, cycle=cycle, eval_time_s=0.0)
         else:
-            record = _train_cycle(retrievers, folds, cycle, weight, settings, rng)
+            record = _train_cycle(retrievers, folds, cycle, weight, settings, rngs)
         result.fallbacks.append(record.fallback)
         bar.set_postfix(ndcg10=f"{record.ndcg_at_10:.4f}")
         _record(result, on_cycle, record)
 
 
 def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSettings,
-                 rng: np.random.Generator) -> CycleRecord:
+                 rngs: list[np.random.Generator]) -> CycleRecord:
+    """One cycle of every fold. The record's counts (targets, rollbacks, fallbacks) are the
+    outer folds'; its times include the inner folds' work, which the cycle costs too."""
     record = _blank_record(cycle)
     outcomes: list[SedimentResult] = []
-    for r, f in zip(retrievers, folds, strict=True):
+    for r, f, rng in zip(retrievers, folds, rngs, strict=True):
         take = min(settings.queries_per_cycle, len(f.fit))
         batch = list(rng.choice(f.fit, size=take, replace=False)) if take else []
         phase = r.run_queries(batch)
         record.query_time_s += phase.seconds
-        record.n_chelated += phase.n_chelated
         outcome = r.sediment(weight)
         record.sediment_time_s += outcome.seconds
         record.index_time_s += outcome.index_seconds
-        outcomes.append(outcome)
+        if f.parent is None:
+            record.n_chelated += phase.n_chelated
+            outcomes.append(outcome)
     record.n_targets = sum(o.n_targets for o in outcomes)
     record.rollback = sum(o.rollback for o in outcomes)
     record.teacher_weight = outcomes[0].teacher_weight if outcomes else float("nan")
@@ -328,7 +391,7 @@ def _train_cycle(retrievers, folds, cycle: int, weight: float, settings: RunSett
     record.teacher_alignment = _nanmean([o.teacher_alignment for o in outcomes])
     fallbacks = sorted({o.fallback for o in outcomes} - {Fallback.NONE})
     record.fallback = ",".join(fallbacks) if fallbacks else Fallback.NONE
-    return _evaluate_folds(retrievers, folds, record)
+    return _evaluate_folds(retrievers, folds, record, settings)
 
 
 def _nanmean(values: list[float]) -> float:

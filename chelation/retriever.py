@@ -131,7 +131,6 @@ class ChelatedRetriever:
         self._positions = {d: i for i, d in enumerate(self.dataset.doc_ids)}
         self._entropy_history: list[float] = []
         self._val_ndcg: float | None = None
-        self._val_scores: dict[str, float] = {}
         self._val_initial = float("nan")
         self._teacher_docs: np.ndarray | None = None
         self._updates = 0
@@ -310,8 +309,6 @@ class ChelatedRetriever:
                 result.rollback = True
             # val_after keeps the measured drop; the accepted state's score carries on
             self._val_ndcg = result.val_before if result.rollback else result.val_after
-            if not result.rollback:
-                self._val_scores = after.per_query
         result.teacher_alignment = self._alignment()
 
     def validation_ndcg(self) -> float:
@@ -320,15 +317,9 @@ class ChelatedRetriever:
             return float("nan")
         if self._val_ndcg is None:
             first = self.evaluate(self.val_query_ids)
-            self._val_ndcg, self._val_scores = first.ndcg_at_10, first.per_query
+            self._val_ndcg = first.ndcg_at_10
             self._val_initial = self._val_ndcg
         return self._val_ndcg
-
-    def validation_scores(self) -> dict[str, float]:
-        """Per-query NDCG@10 of the accepted adapter on the validation slice (what
-        `validation_ndcg` averages; empty without a slice)."""
-        self.validation_ndcg()
-        return dict(self._val_scores)
 
     def _reindex(self, result: SedimentResult) -> None:
         started = time.perf_counter()

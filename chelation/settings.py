@@ -16,6 +16,7 @@ from chelation.kinds import (
     Projection,
     Protocol,
     Schedule,
+    SelectionMethod,
     Trigger,
     names,
 )
@@ -162,6 +163,26 @@ class TrainingSettings:
 
 
 @dataclass
+class SelectionSettings:
+    """The queries each fold chooses a configuration on, the same for every configuration, none
+    of which trained it or decided one of its updates (the guard has a slice of its own).
+    `holdout`: a `fraction` of the fold's training side is set apart first; the guard's slice and
+    the fit queries come from the rest. `inner`: the training side is divided into `inner_folds`
+    folds, each configuration is trained again on all but one of them and scores the one left
+    out, so that every training-side query is scored by a model that never saw it."""
+
+    method: str = SelectionMethod.HOLDOUT.value
+    fraction: float = 0.25
+    inner_folds: int = 3
+
+    def validate(self, prefix: str = "selection") -> None:
+        _require_kind(SelectionMethod, f"{prefix}.method", self.method)
+        _require(0.0 < self.fraction < 1.0, f"{prefix}.fraction", self.fraction,
+                 "a fraction in (0, 1)")
+        _require(self.inner_folds >= 2, f"{prefix}.inner_folds", self.inner_folds, ">= 2")
+
+
+@dataclass
 class EngineSettings:
     """Qdrant's engine embedded in the process (a shard in a temporary folder for `:memory:`,
     else in the folder `location`, replaced on open) unless `url` names a Qdrant server."""
@@ -207,6 +228,7 @@ class RunSettings:
     test_fraction: float = 0.5
     folds: int = 5
     validation_fraction: float = 0.2
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
     cache_dir: str = "~/.cache/chelation/embeddings"
     student: EncoderSettings = field(default_factory=EncoderSettings)
     teacher: TeacherSettings = field(default_factory=TeacherSettings)

@@ -45,11 +45,11 @@ def test_t_quantile_and_p_value_equal_scipy_stats(df: int) -> None:
         assert t_test_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10, abs=1e-300)
 
 
-def test_a_comparison_without_the_signed_rank_test_imports_no_scipy_stats() -> None:
+def test_a_comparison_without_scipy_tests_imports_no_scipy_stats() -> None:
     """What a sweep's summary asks for (the t-test alone) does not pay scipy.stats' import."""
     code = ("import sys; from chelation import analysis as ca; "
             "r = ca.paired_comparison([0.3, 0.5, 0.4, 0.6], [0.2, 0.5, 0.3, 0.4], "
-            "signed_rank=False); "
+            "scipy_tests=False); "
             "print(r['p_ttest'] > 0, r['p_wilcoxon'] != r['p_wilcoxon'], "
             "'scipy.stats' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -107,15 +107,25 @@ def test_paired_comparison_drops_nan_pairs_and_checks_lengths():
         ca.paired_comparison([0.1, 0.2], [0.1])
 
 
-def test_seed_paired_test_aligns_on_seeds():
-    a = {0: 0.40, 1: 0.42, 2: 0.45, 7: 0.9}
-    b = pd.Series({2: 0.41, 0: 0.38, 1: 0.40})
-    res = ca.seed_paired_test(a, b)
-    assert res["n_seeds"] == 3
-    assert res["mean_diff"] == pytest.approx(np.mean([0.02, 0.02, 0.04]))
-    assert res["p_ttest"] == pytest.approx(
-        stats.ttest_rel([0.40, 0.42, 0.45], [0.38, 0.40, 0.41]).pvalue)
-    assert math.isnan(ca.seed_paired_test({0: 0.4}, {0: 0.3})["p_ttest"])
+def test_the_permutation_test_agrees_with_scipy_and_with_the_t_test_on_a_clear_shift():
+    rng = np.random.default_rng(5)
+    b = rng.uniform(0.2, 0.6, 40)
+    a = b + 0.05 + rng.normal(0, 0.02, 40)
+    res = ca.paired_comparison(a, b)
+    assert res["p_permutation"] < 0.001 and res["p_ttest"] < 0.001
+    null = ca.paired_comparison(b + rng.normal(0, 0.02, 40), b)
+    assert null["p_permutation"] == pytest.approx(null["p_ttest"], abs=0.1)
+    # it is scipy's own test: the same call gives the same p
+    direct = stats.permutation_test((a, b), lambda u, v, axis: np.mean(u - v, axis=axis),
+                                    permutation_type="samples", vectorized=True,
+                                    n_resamples=9999, rng=np.random.default_rng(0))
+    assert res["p_permutation"] == direct.pvalue
+
+
+def test_seed_spread_is_the_sd_of_per_seed_means():
+    assert ca.seed_spread([0.40, 0.42, 0.45]) == pytest.approx(np.std([0.40, 0.42, 0.45],
+                                                                      ddof=1))
+    assert math.isnan(ca.seed_spread([0.4]))
 
 
 def test_min_detectable_effect_formula_and_power():
@@ -190,8 +200,8 @@ def test_compare_to_reference_on_known_shifts(toy_per_query):
     assert hyb["diff_vs_frozen"] == pytest.approx(0.1)
     assert hyb["ratio_to_frozen"] == pytest.approx(0.6 / 0.5)
     assert hyb["p_ttest"] < 1e-6 and hyb["p_wilcoxon"] < 0.01
-    # the same shift on both seeds: no spread to test, so no p-value (never "significant")
-    assert math.isnan(hyb["p_seeds"]) and hyb["seeds_deterministic"]
+    # the same shift on both seeds: the seeds do not move the difference
+    assert hyb["seed_sd"] == pytest.approx(0.0, abs=1e-12) and "p_seeds" not in hyb
     assert hyb["reference"] == "frozen/minilm"
     assert base["diff_vs_frozen"] == pytest.approx(0.0, abs=1e-12)
     assert base["p_ttest"] > 0.5 and base["p_holm"] >= base["p_ttest"]
@@ -220,7 +230,7 @@ def test_compare_to_reference_pairs_on_seed_and_query():
 def test_pairing_on_seed_and_query_changes_the_answer():
     """The frozen arm ran an extra seed whose scores are 0.3 higher. Paired on (seed, query) the
     offline arm is +0.05; paired on query alone (frozen averaged over all its seeds) it would be
-    -0.05. The seed-level test pairs per-seed means over the common seeds."""
+    -0.05. The spread over seeds is over the common seeds' per-seed differences."""
     queries = [f"q{i}" for i in range(20)]
     base = np.linspace(0.1, 0.5, len(queries))
     rng = np.random.default_rng(3)
@@ -233,16 +243,16 @@ def test_pairing_on_seed_and_query_changes_the_answer():
     assert row["diff_vs_frozen"] == pytest.approx(0.05 + np.mean([noise[0], noise[1]]))
     assert row["diff_vs_frozen"] > 0.04
     per_seed = [np.mean(base + 0.05 + noise[s]) - np.mean(base) for s in (0, 1)]
-    assert row["p_seeds"] == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue)
+    assert row["seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
 
 
-def test_no_common_seed_gives_no_seed_level_p():
+def test_no_common_seed_gives_no_seed_spread():
     queries = [f"q{i}" for i in range(10)]
     rows = _per_query("frozen", "frozen", "F", [0], queries, lambda c, s, i: 0.1 * (i % 3))
     rows += _per_query("baseline", "baseline", "B", [1], queries,
                        lambda c, s, i: 0.1 * (i % 3) + 0.01 * (i % 2))
     row = ca.compare_to_reference(pd.DataFrame(rows)).set_index("group_hash").loc["B"]
-    assert math.isnan(row["p_seeds"])
+    assert math.isnan(row["seed_sd"])
     assert row["diff_vs_frozen"] == pytest.approx(0.005)
 
 
@@ -364,8 +374,9 @@ def test_results_markdown_reports_significance_selection_and_floor(toy_per_query
               "modal_choice": "hybrid/mpnet/constant:0.5/procrustes", "agreeing": 3,
               "n_choices": 4, "distinct_choices": 2, "reference": "frozen/minilm",
               "reference_mean": 0.55, "n_paired": 40, "diff": 0.0623, "diff_ci_low": 0.01,
-              "diff_ci_high": 0.11, "p_ttest": 0.0123, "p_seeds": math.nan,
-              "seeds_deterministic": True, "best_on_test": 0.62,
+              "diff_ci_high": 0.11, "p_ttest": 0.0123, "p_permutation": 0.0125,
+              "diff_seed_sd": 0.0, "seed_sd": 0.002, "best_on_test": 0.62,
+              "regret_ci_low": -0.003, "regret_ci_high": 0.018, "tied": True,
               "best_on_test_label": "hybrid/mpnet/constant:0.5/procrustes", "regret": 0.0077,
               "choices": [{"seed": s, "fold": f, "group_hash": "H", "config_label": "hyb"}
                           for s in (0, 1) for f in (0, 1)], "versus": []}
@@ -373,9 +384,10 @@ def test_results_markdown_reports_significance_selection_and_floor(toy_per_query
     assert "is significantly better than `frozen/minilm`" in text
     assert "is significantly worse than `frozen/minilm`" in text
     assert "pooled test NDCG@10 0.6123 [95% CI 0.5800, 0.6400] over 40 queries" in text
-    assert "+0.0623 [+0.0100, +0.1100], p = 0.0123 (one paired t-test over 40 queries; no " \
-        "multiplicity correction" in text
-    assert "over seeds: deterministic: seeds do not vary" in text
+    assert "+0.0623 [+0.0100, +0.1100], p = 0.0123 (one paired t-test over 40 queries; " \
+        "paired randomization test p = 0.0125; no multiplicity correction" in text
+    assert "the difference's sd over seeds 0.0000" in text and "p (seeds)" not in text
+    assert "tied within noise" in text
     assert "was chosen in 3 of 4 (seed, fold) cells" in text and "regret" in text
     assert "Not every configuration stays >= 0.97 x its reference: `baseline` (0.900)" in text
     for label in table["config_label"]:
@@ -439,7 +451,8 @@ def _log_study(uri, client, experiment, arms, seeds, tmp, validation=True):
                       "weight.start": 0.0, "weight.end": weight, "teacher.name": teacher,
                       "teacher.projection": "procrustes",
                       "student.model": "sentence-transformers/all-MiniLM-L6-v2", "seed": seed,
-                      "cycles": CYCLES, "protocol": "kfold", "folds": 3}
+                      "cycles": CYCLES, "protocol": "kfold", "folds": 3,
+                      "selection.method": "inner"}
             tags = {"mode": mode, "teacher": teacher,
                     "student": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "toy",
                     "seed": str(seed), "schedule": schedule, "projection": "procrustes",
@@ -573,7 +586,7 @@ def test_the_sweep_summary_is_the_nested_choice_and_its_test_interval(store, tmp
     diff = per_query["hybrid"] - per_query["frozen"]
     assert m["sweep_chosen_diff"] == pytest.approx(diff.mean())
     assert m["sweep_chosen_diff_ci_low"] < m["sweep_chosen_diff"] < m["sweep_chosen_diff_ci_high"]
-    assert 0 < m["sweep_chosen_diff_p"] < 0.05 and 0 < m["sweep_chosen_diff_p_seeds"] <= 1
+    assert 0 < m["sweep_chosen_diff_p"] < 0.05 and m["sweep_chosen_diff_seed_sd"] >= 0
     assert m["sweep_chosen_regret"] == pytest.approx(0.0, abs=1e-12)  # it is the best on test
     table = client.download_artifacts(parent, "sweep_table.txt", str(tmp_path))
     assert Path(table).read_text() == "the table"

@@ -116,8 +116,10 @@ def test_nested_summary_pairs_the_procedure_with_the_frozen_student():
     assert (summary["agreeing"], summary["n_choices"]) == (2, 3)
     best = max(np.mean(list(s.values())) for s in truth.values())
     assert summary["regret"] == pytest.approx(best - expected)
-    # one seed: no test over seeds
-    assert math.isnan(summary["p_seeds"])
+    # one seed: no spread over seeds, and no test over seeds at all
+    assert math.isnan(summary["seed_sd"]) and "p_seeds" not in summary
+    # beside the t-test, the paired randomization test of the same difference
+    assert 0 < summary["p_permutation"] <= 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +154,8 @@ def _frozen_only_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
                 # a key that does not apply to the teacher's own documents differs there
                 "params.index.fit_queries": str(g == "gT"),
                 "params.teacher.name": "mpnet", "params.weight.value": "0.5",
-                "params.protocol": "kfold", "params.seed": str(seed)})
+                "params.protocol": "kfold", "params.seed": str(seed),
+                "params.selection.method": "inner"})
             rows += [{"run_id": f"{g}-{seed}", "group_hash": g, "config_label": label,
                       "mode": "frozen", "student": student, "dataset": "toy",
                       "protocol": "kfold", "seed": seed, "index_weight": share, "cycle": 0,
@@ -161,25 +164,21 @@ def _frozen_only_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
-def test_no_seed_p_value_where_seeds_do_not_vary():
+def test_seeds_get_a_spread_and_never_a_p_value():
+    """Seeds that share their test queries do not sample queries again: the table reports the
+    spread of the per-seed mean difference (0 where the seeds change nothing), no test."""
     _, per_query = _frozen_only_runs()
     table = ca.compare_to_reference(per_query).set_index("group_hash")
     compared = table[table["reference"] != "(reference)"]
     assert len(compared) == 3
-    assert compared["seeds_deterministic"].all()
-    assert compared["p_seeds"].isna().all()
+    assert (compared["seed_sd"] == 0).all()
+    assert "p_seeds" not in table
     report = ca.results_markdown(table.reset_index())
-    lines = report.splitlines()
-    head = next(line for line in lines if line.startswith("| configuration |"))
-    column = [c.strip() for c in head.split("|")].index("p (seeds)")
-    cells = [[c.strip() for c in line.split("|")][column] for line in lines
-             if line.startswith("| `frozen/")]
-    assert sorted(cells) == ["deterministic"] * 3 + ["—"]
-    # where seeds do vary the test is still there
+    assert "p (seeds)" not in report and "seed sd" in report
     varied = per_query.copy()
     varied.loc[(varied["group_hash"] == "g5"), "ndcg_at_10"] += varied["seed"] * 0.01
     row = ca.compare_to_reference(varied).set_index("group_hash").loc["g5"]
-    assert not row["seeds_deterministic"] and 0 <= row["p_seeds"] <= 1
+    assert row["seed_sd"] == pytest.approx(0.01)
 
 
 def test_the_teacher_is_compared_with_the_student_never_with_itself():
@@ -201,7 +200,7 @@ def test_the_frozen_references_section_is_in_a_frozen_only_study():
     report = ca.results_markdown(ca.compare_to_reference(per_query), frozen=frozen)
     section = report.split("## The models frozen, for reference")[1].split("##")[0]
     line = next(r for r in section.splitlines() if r.startswith(f"| `{TEACHER}`"))
-    assert f"{teacher['diff_vs_frozen']:+.4f}" in line and "| deterministic |" in line
+    assert f"{teacher['diff_vs_frozen']:+.4f}" in line and "deterministic" not in line
     assert "the frozen student (the reference)" in section
 
 
@@ -235,3 +234,86 @@ def test_a_single_frozen_configuration_chooses_nothing_and_is_not_compared_with_
     text = ca.results_markdown(ca.compare_to_reference(rows), answer)
     assert "nothing to choose among" in text and "no other reference" in text
     assert "regret" not in text
+    # runs logged before every candidate was judged on the same queries are refused
+    result, answer = ca.study_answer(teacher_runs.drop(columns="params.selection.method"), rows,
+                                     selection)
+    assert result is None and "re-run" in answer["why"]
+
+
+# --------------------------------------------------------------------------------------------
+# Every candidate judged on the same queries; ties to the cheaper configuration (issue 29)
+# --------------------------------------------------------------------------------------------
+
+def _identical_trained_and_frozen(seeds=(0, 1, 2)):
+    """A trained arm T whose every update was rolled back: on every query, selection and test,
+    it scores exactly what the frozen arm F scores; a blend B a little worse. Each (seed, fold)
+    offers every candidate the same selection queries (the fold's training side)."""
+    rng = np.random.default_rng(11)
+    base = dict(zip(QUERIES, rng.uniform(0.2, 0.6, len(QUERIES)), strict=True))
+    truth = {"F": dict(base), "T": dict(base), "B": {q: s - 0.01 for q, s in base.items()}}
+    runs = pd.DataFrame([
+        {"group_hash": "F", "mode": "frozen", "config_label": "frozen/all-MiniLM-L6-v2",
+         "index_weight": 0.0},
+        {"group_hash": "T", "mode": "offline", "config_label": "offline/mpnet/procrustes",
+         "index_weight": 0.0},
+        {"group_hash": "B", "mode": "frozen", "config_label": "frozen/docs:mpnet@0.5",
+         "index_weight": 0.5}])
+    test = pd.concat([_test_frame(truth).assign(seed=s) for s in seeds], ignore_index=True)
+    selection = pd.DataFrame([
+        {"group_hash": g, "seed": s, "fold": f, "query_id": q, "ndcg_at_10": scores[q]}
+        for s in seeds for g, scores in truth.items() for f in FOLDS
+        for q in QUERIES if q not in FOLDS[f]])
+    return truth, runs, test, selection
+
+
+def test_a_trained_arm_identical_to_a_frozen_arm_is_chosen_in_no_cell():
+    _, runs, test, selection = _identical_trained_and_frozen()
+    # listed first, so that only the tie rule can keep it out
+    runs = runs.iloc[[1, 0, 2]]
+    result = ca.nested_selection(test, ca.FrameSelectionScores(selection), runs)
+    assert len(result.choices) == 9
+    assert (result.choices["group_hash"] == "F").all()
+
+
+def test_a_tie_goes_to_the_lower_teacher_share():
+    truth, _, test, selection = _identical_trained_and_frozen(seeds=(0,))
+    runs = pd.DataFrame([
+        {"group_hash": "W5", "mode": "frozen", "config_label": "a", "index_weight": 0.5},
+        {"group_hash": "W2", "mode": "frozen", "config_label": "b", "index_weight": 0.25}])
+    same = selection[selection["group_hash"] == "F"]
+    sel = pd.concat([same.assign(group_hash="W5"), same.assign(group_hash="W2")])
+    tst = test[test["group_hash"] == "F"]
+    tst = pd.concat([tst.assign(group_hash="W5"), tst.assign(group_hash="W2")])
+    result = ca.nested_selection(tst, ca.FrameSelectionScores(sel), runs)
+    assert (result.choices["group_hash"] == "W2").all()
+
+
+def test_candidates_are_judged_on_the_queries_they_all_have():
+    """A candidate logged with more selection queries than the others (an old, leaky log) is
+    judged on the common ones only: every mean the choice reads is over the same queries."""
+    truth, runs, test, selection = _identical_trained_and_frozen(seeds=(0,))
+    extra = pd.DataFrame([{"group_hash": "B", "seed": 0, "fold": 0, "query_id": "q99",
+                           "ndcg_at_10": 1.0}])
+    reads: list[tuple[str, int, frozenset[str]]] = []
+    scores = ca.FrameSelectionScores(pd.concat([selection, extra], ignore_index=True))
+
+    class Recorder:
+        def queries(self, g, seed, fold):
+            return scores.queries(g, seed, fold)
+
+        def mean_score(self, g, seed, fold, query_ids):
+            reads.append((g, fold, frozenset(query_ids)))
+            return scores.mean_score(g, seed, fold, query_ids)
+
+    ca.nested_selection(test, Recorder(), runs)
+    for fold in FOLDS:
+        read = {ids for g, f, ids in reads if f == fold}
+        assert read == {frozenset(QUERIES) - frozenset(FOLDS[fold])}
+
+
+def test_the_summary_says_when_the_choice_and_the_best_are_tied_within_noise():
+    truth, runs, test, selection = _identical_trained_and_frozen()
+    result = ca.nested_selection(test, ca.FrameSelectionScores(selection), runs)
+    summary = ca.summarise_nested(result, test, test[test["group_hash"] == "F"], "F")
+    assert summary["regret"] == pytest.approx(0.0) and summary["tied"]
+    assert summary["seed_sd"] == pytest.approx(0.0)

@@ -48,7 +48,7 @@ def _settings(cache_dir: Path, mode: str = "baseline", trigger: str = "always",
 @pytest.fixture(scope="module")
 def fold(synthetic: RetrievalDataset, cache_dir: Path) -> Fold:
     (only,) = make_folds(synthetic.judged_query_ids, _settings(cache_dir))
-    assert len(only.fit) >= N_BATCH and only.val and only.test
+    assert len(only.fit) >= N_BATCH and only.guard and only.test
     return only
 
 
@@ -72,7 +72,7 @@ def test_baseline_always_chelates_trains_and_reindexes(
     encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
 ) -> None:
     settings = _settings(cache_dir, "baseline", "always", guard_tolerance=1.0)
-    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
     try:
         before = r.adapter.snapshot()
         stored_before = r.index.stored_vectors()
@@ -101,7 +101,7 @@ def test_trigger_never_logs_no_events_and_does_not_train(
     encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
 ) -> None:
     settings = _settings(cache_dir, "baseline", "never", guard_tolerance=1.0)
-    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
     try:
         before = r.adapter.snapshot()
         phase = r.run_queries(fold.fit[:N_BATCH])
@@ -118,7 +118,7 @@ def test_adaptive_trigger_chelates_only_dense_neighbourhoods(
     encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
 ) -> None:
     settings = _settings(cache_dir, "baseline", "adaptive")
-    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
     try:
         phase = r.run_queries(fold.fit[:N_BATCH])
         # the first batch sets the threshold itself: its median entropy (quantile 0.5)
@@ -131,7 +131,7 @@ def test_adaptive_trigger_chelates_only_dense_neighbourhoods(
 def test_frozen_chelates_at_query_time_but_never_trains(
     encoded_synthetic: EncodedDataset, cache_dir: Path, fold: Fold
 ) -> None:
-    r = ChelatedRetriever(encoded_synthetic, _settings(cache_dir, "frozen"), None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, _settings(cache_dir, "frozen"), None, fold.guard)
     try:
         before = r.adapter.snapshot()
         assert r.run_queries(fold.fit[:N_BATCH]).n_chelated == N_BATCH
@@ -158,7 +158,7 @@ def test_hybrid_targets_blend_homeostatic_and_projected_teacher(
     to_teacher = {}
     for w in (0.2, 0.8):
         teacher = make_teacher()
-        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.guard)
         seen: list[tuple[np.ndarray, np.ndarray]] = []
 
         def recording_fit(adapter, raw, targets, *args, seen=seen, **kwargs):  # observed
@@ -202,7 +202,7 @@ def test_hybrid_weight_changes_what_is_learned(
     settings = _settings(cache_dir, "hybrid", "always", guard_tolerance=1.0)
     learned = {}
     for w in (0.0, 0.5, 1.0):
-        r = ChelatedRetriever(encoded_synthetic, settings, make_teacher(), fold.val)
+        r = ChelatedRetriever(encoded_synthetic, settings, make_teacher(), fold.guard)
         try:
             r.run_queries(fold.fit[:N_BATCH])
             assert r.sediment(w).n_targets > 0
@@ -218,7 +218,7 @@ def test_offline_distils_through_projection_and_runs_cycles(
 ) -> None:
     settings = _settings(cache_dir, "offline", "always", guard_tolerance=1.0)
     teacher = make_teacher()
-    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.guard)
     try:
         stored0 = r.index.stored_vectors()
         distilled = r.distill(fold.fit)
@@ -255,7 +255,7 @@ def test_index_always_holds_adapter_of_raw_after_cycles(
     from raw after every update, never the adapter applied to already adapted vectors."""
     settings = _settings(cache_dir, mode, "always", push=0.5, lr=1e-2)
     teacher = make_teacher() if mode in ("hybrid", "offline") else None
-    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.guard)
     try:
         if mode == "offline":
             r.distill(fold.fit)
@@ -283,13 +283,13 @@ def test_collapse_guard_compares_with_the_better_of_last_accepted_and_untrained(
     untrained score), and the index goes back to update 1's vectors."""
     settings = _settings(cache_dir, "baseline", "always", guard_tolerance=0.005, push=0.5,
                          lr=1e-2)
-    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
     scripted = iter([0.500, 0.497, 0.494])
     real_evaluate = ChelatedRetriever.evaluate
 
     def scripted_evaluate(self, query_ids):
         result = real_evaluate(self, query_ids)
-        if list(query_ids) == list(fold.val):
+        if list(query_ids) == list(fold.guard):
             result.ndcg_at_10 = next(scripted)
         return result
 
@@ -319,11 +319,11 @@ def test_collapse_guard_rolls_back_a_destructive_update(
     for tolerance in (0.001, 1.0):
         settings = _settings(cache_dir, "baseline", "always", guard_tolerance=tolerance,
                              **destructive)
-        r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+        r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
         try:
             before = r.adapter.snapshot()
             stored_before = r.index.stored_vectors()
-            val_before = r.evaluate(fold.val).ndcg_at_10
+            val_before = r.evaluate(fold.guard).ndcg_at_10
             r.run_queries(fold.fit[:N_BATCH])
             result = r.sediment(0.0)
             outcomes[tolerance] = result
@@ -338,7 +338,7 @@ def test_collapse_guard_rolls_back_a_destructive_update(
                 assert result.val_after < result.val_before - 0.001  # the drop stays on record
                 assert states_equal(before, r.adapter.state_dict())
                 np.testing.assert_allclose(r.index.stored_vectors(), stored_before, atol=1e-6)
-                assert r.evaluate(fold.val).ndcg_at_10 == pytest.approx(val_before)
+                assert r.evaluate(fold.guard).ndcg_at_10 == pytest.approx(val_before)
         finally:
             r.close()
     assert outcomes[0.001].train_loss == pytest.approx(outcomes[1.0].train_loss)
@@ -373,8 +373,9 @@ def test_unloadable_teacher_falls_back_to_baseline(
 def test_same_settings_and_seed_give_identical_metrics(
     synthetic: RetrievalDataset, cache_dir: Path, teacher768_path: str
 ) -> None:
+    # the guard off: every update is kept, so the runs compare trained models
     settings = _settings(cache_dir, "hybrid", "always", teacher_model=teacher768_path,
-                         push=0.5, lr=1e-2)
+                         push=0.5, lr=1e-2, guard_tolerance=1.0)
     first = run_job(synthetic, settings, show_progress=False)
     second = run_job(synthetic, settings, show_progress=False)
     assert [c.ndcg_at_10 for c in first.cycles] == [c.ndcg_at_10 for c in second.cycles]
@@ -444,7 +445,7 @@ def test_listwise_term_changes_offline_distillation(
         settings = _settings(cache_dir, "offline", "never", teacher768_path,
                              guard_tolerance=1.0, listwise_weight=weight)
         teacher = Teacher(CachedEncoder(teacher768_path, cache_dir), "procrustes")
-        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.val)
+        r = ChelatedRetriever(encoded_synthetic, settings, teacher, fold.guard)
         try:
             result = r.distill(fold.fit)
             assert result.n_targets > 0 and not result.rollback
@@ -465,36 +466,28 @@ def test_official_protocol_trains_on_train_queries_and_tests_every_test_query(
     train, test = ids[: len(ids) // 2], ids[len(ids) // 2:]
     (fold,) = make_folds(test, settings, train)
     assert fold.test == test
-    assert sorted(fold.fit + fold.val) == sorted(train)
-    assert fold.val and not set(fold.fit) & set(fold.val)
+    assert sorted(fold.training_side) == sorted(train)
+    assert fold.select and not set(fold.select) & set(fold.fit + fold.guard)
+    assert fold.guard and not set(fold.fit) & set(fold.guard)
     with pytest.raises(ValueError, match="protocol=official needs a dataset with its own train"):
         make_folds(test, settings)
 
 
-@pytest.mark.parametrize("protocol", ["split", "kfold", "official"])
-def test_no_fold_trains_on_a_query_it_validates_or_tests(
-    protocol: str, synthetic: RetrievalDataset, cache_dir: Path, teacher768_path: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Spies on every training entry point record, per retriever (one per fold), which queries
-    it trained on, validated on and was tested on; the sets are checked against each other, not
-    against make_folds' own output."""
+def _recording_run(data: RetrievalDataset, settings, monkeypatch: pytest.MonkeyPatch):
+    """Run a job with every retriever's entry points spied on: per retriever (one per fold,
+    inner folds included), the queries it trained on, the queries its guard judged, and every
+    query it scored outside its guard (test and selection). Returns (result, trained, guarded,
+    scored)."""
     from collections import defaultdict
-    from dataclasses import replace as dc_replace
 
-    data = synthetic
-    if protocol == "official":
-        ids = synthetic.judged_query_ids
-        data = dc_replace(synthetic, train_query_ids=tuple(ids[::3]))
     trained: dict[int, set[str]] = defaultdict(set)
-    evaluated: dict[int, set[str]] = defaultdict(set)
-    validation: dict[int, set[str]] = {}
+    scored: dict[int, set[str]] = defaultdict(set)
+    guarded: dict[int, set[str]] = defaultdict(set)
     real = {name: getattr(ChelatedRetriever, name) for name in
             ("run_queries", "distill", "evaluate")}
 
     def spy_queries(self, query_ids):
         trained[id(self)].update(query_ids)
-        validation[id(self)] = set(self.val_query_ids)
         return real["run_queries"](self, query_ids)
 
     def spy_distill(self, train_query_ids=()):
@@ -502,31 +495,79 @@ def test_no_fold_trains_on_a_query_it_validates_or_tests(
         return real["distill"](self, train_query_ids)
 
     def spy_evaluate(self, query_ids):
-        if set(query_ids) != set(self.val_query_ids):
-            evaluated[id(self)].update(query_ids)
+        if list(query_ids) == list(self.val_query_ids):
+            guarded[id(self)].update(query_ids)
+        else:
+            scored[id(self)].update(query_ids)
         return real["evaluate"](self, query_ids)
 
     for name, spy in (("run_queries", spy_queries), ("distill", spy_distill),
                       ("evaluate", spy_evaluate)):
         monkeypatch.setattr(ChelatedRetriever, name, spy)
+    result = run_job(data, settings, show_progress=False)
+    return result, trained, guarded, scored
+
+
+@pytest.mark.parametrize("method", ["holdout", "inner"])
+@pytest.mark.parametrize("protocol", ["split", "kfold", "official"])
+def test_no_model_scores_a_query_it_trained_on_or_guarded(
+    protocol: str, method: str, synthetic: RetrievalDataset, cache_dir: Path,
+    teacher768_path: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every score a job logs, test or selection, comes from some retriever's `evaluate`: the
+    recording reader checks, per retriever, that none of them read a query that trained that
+    model or decided one of its updates, against the spied calls rather than make_folds."""
+    from dataclasses import replace as dc_replace
+
+    data = synthetic
+    if protocol == "official":
+        ids = synthetic.judged_query_ids
+        data = dc_replace(synthetic, train_query_ids=tuple(ids[::3]))
     settings = _settings(cache_dir, "offline", teacher_model=teacher768_path)
     settings.protocol, settings.folds, settings.cycles = protocol, 3, 1
+    settings.selection.method = method
     settings.validate()
-    run_job(data, settings, show_progress=False)
+    result, trained, guarded, scored = _recording_run(data, settings, monkeypatch)
 
-    folds = list(trained)
-    assert len(folds) == (3 if protocol == "kfold" else 1)
-    for f in folds:
-        fit, val, test = trained[f], validation[f], evaluated[f]
-        assert fit and val and test
-        assert not fit & val and not fit & test and not val & test
-    tests = [evaluated[f] for f in folds]
+    outer = 3 if protocol == "kfold" else 1
+    assert len(trained) == outer * (1 + (settings.selection.inner_folds if method == "inner"
+                                         else 0))
+    for model in trained:
+        assert trained[model] and guarded[model] and scored[model]
+        assert not scored[model] & (trained[model] | guarded[model])
+        assert not trained[model] & guarded[model]
+    last = result.cycles[-1]
+    tests = set(last.per_query)
     if protocol == "kfold":  # the test sets partition the judged queries
-        assert sum(len(t) for t in tests) == len(set().union(*tests))
-        assert set().union(*tests) == set(data.judged_query_ids)
+        assert tests == set(data.judged_query_ids)
     if protocol == "official":
-        assert tests[0] == set(data.judged_query_ids)
-        assert trained[folds[0]] | validation[folds[0]] <= set(data.train_query_ids)
+        assert tests == set(data.judged_query_ids)
+        assert set().union(*trained.values(), *guarded.values()) <= set(data.train_query_ids)
+    for fold, chosen_on in last.selection.items():
+        fold_tests = {q for q, k in last.test_fold.items() if k == fold}
+        assert chosen_on and not set(chosen_on) & fold_tests
+
+
+def test_a_trained_and_a_frozen_arm_are_chosen_on_the_same_queries(
+    synthetic: RetrievalDataset, cache_dir: Path
+) -> None:
+    """Inside each fold every configuration is scored on the same selection queries, under
+    both methods: the holdout slice, or (inner) the fold's whole training side."""
+    for method in ("holdout", "inner"):
+        chosen_on = {}
+        for mode in ("frozen", "baseline"):
+            settings = _settings(cache_dir, mode, "always", push=0.5, lr=1e-2)
+            settings.protocol, settings.folds, settings.cycles = "kfold", 3, 1
+            settings.selection.method = method
+            settings.validate()
+            result = run_job(synthetic, settings, show_progress=False)
+            chosen_on[mode] = {i: set(s) for i, s in result.cycles[-1].selection.items()}
+        folds = make_folds(synthetic.judged_query_ids, settings)
+        assert chosen_on["frozen"] == chosen_on["baseline"]
+        for i, f in enumerate(folds):
+            expected = set(f.select) if method == "holdout" else set(f.training_side)
+            assert chosen_on["frozen"][i] == expected
+            assert not expected & set(f.test)
 
 
 def test_frozen_cycles_repeat_cycle_zero_which_is_what_running_them_scores(
@@ -537,7 +578,7 @@ def test_frozen_cycles_repeat_cycle_zero_which_is_what_running_them_scores(
     assert [c.cycle for c in result.cycles] == [0, 1, 2]
     assert all(c.per_query == result.cycles[0].per_query for c in result.cycles)
     # running the cycles' phases for real changes nothing a frozen run scores
-    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.val)
+    r = ChelatedRetriever(encoded_synthetic, settings, None, fold.guard)
     try:
         for cycle in range(2):
             r.run_queries(fold.fit[cycle * N_BATCH:(cycle + 1) * N_BATCH])
@@ -545,27 +586,3 @@ def test_frozen_cycles_repeat_cycle_zero_which_is_what_running_them_scores(
         assert r.evaluate(fold.test).per_query == result.cycles[-1].per_query
     finally:
         r.close()
-
-
-@pytest.mark.parametrize("mode", ["frozen", "baseline"])
-def test_what_a_fold_may_choose_on_is_never_one_of_its_test_queries(
-    synthetic: RetrievalDataset, cache_dir: Path, mode: str
-) -> None:
-    """Each cycle logs, per fold, the per-query scores that fold may choose a configuration on:
-    a trained model its validation slice (whose mean is the logged validation NDCG@10), an
-    untrained one every training-side query; and each test query's fold."""
-    settings = _settings(cache_dir, mode, "always", push=0.5, lr=1e-2)
-    settings.protocol, settings.folds, settings.cycles = "kfold", 3, 1
-    settings.validate()
-    result = run_job(synthetic, settings, show_progress=False)
-    folds = make_folds(synthetic.judged_query_ids, settings)
-    for record in result.cycles:
-        assert set(record.selection) == set(range(3))
-        for i, f in enumerate(folds):
-            assert {q for q, k in record.test_fold.items() if k == i} == set(f.test)
-            chosen_on = set(record.selection[i])
-            assert not chosen_on & set(f.test)
-            assert chosen_on == (set(f.val) if mode == "baseline" else set(f.fit) | set(f.val))
-        if mode == "baseline":
-            means = [np.mean(list(record.selection[i].values())) for i in range(3)]
-            assert np.mean(means) == pytest.approx(record.val_ndcg_at_10)

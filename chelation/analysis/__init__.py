@@ -59,8 +59,7 @@ from chelation.analysis.stats import (
     mean_ci,
     min_detectable_effect,
     paired_comparison,
-    seed_paired_test,
-    seed_test_or_deterministic,
+    seed_spread,
     select_on_validation,
 )
 
@@ -71,7 +70,7 @@ __all__ = [
     "load_per_query", "load_runs", "load_selection", "mean_ci", "metric_history",
     "min_detectable_effect", "nested_selection", "paired_comparison", "per_query_table",
     "plot_forest", "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight", "plot_ndcg_vs_weight",
-    "results_markdown", "run_summary", "save_figure", "seed_paired_test",
-    "seed_test_or_deterministic", "select_on_validation", "study_answer", "summarise_nested",
+    "results_markdown", "run_summary", "save_figure",
+    "seed_spread", "select_on_validation", "study_answer", "summarise_nested",
     "teacher_margins",
 ]

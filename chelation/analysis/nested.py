@@ -1,11 +1,15 @@
 """Selection nested inside each fold: the study's answer without a test query in the choice.
 
 Each outer fold (and each seed, since a seed draws the folds) chooses one configuration using
-only that fold's training-side queries, as each run logged them (`selection_ndcg.csv`: a trained
-model's validation slice, an untrained one's every training-side query), and scores its own test
-queries with that choice. The procedure's result is the pooled per-query test NDCG@10 of those
-choices: one estimate, compared with the frozen student by one paired test (no multiplicity
-correction, since nothing it reports was chosen on a test query). `official` and `split` have
+only that fold's training-side queries, as each run logged them (`selection_ndcg.csv`), and
+scores its own test queries with that choice. Every candidate is judged on the same selection
+queries, none of which trained it or decided one of its updates (`selection.method`: a holdout
+slice set apart before anything is fitted, or inner folds; see chelation.protocol.make_folds).
+Exact ties go to the cheaper configuration: one that does not train before one that does, then
+the lower teacher share of the indexed documents.
+The procedure's result is the pooled per-query test NDCG@10 of those choices: one estimate,
+compared with the frozen student by one paired test (no multiplicity correction, since nothing
+it reports was chosen on a test query). `official` and `split` have
 one fold: one choice per seed.
 
 The choice reads scores only through a `SelectionScores` (which queries a configuration has a
@@ -22,7 +26,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from chelation.analysis.stats import mean_ci, paired_comparison, seed_test_or_deterministic
+from chelation.analysis.stats import mean_ci, paired_comparison, seed_spread
 from chelation.kinds import MODES, Mode
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,18 @@ class FrameSelectionScores:
     def mean_score(self, group_hash: str, seed: int, fold: int,
                    query_ids: Collection[str]) -> float:
         return float(self._scores[(group_hash, int(seed), int(fold))].loc[list(query_ids)].mean())
+
+
+# selection means closer than this are one score (float noise), so the cheaper one is chosen
+TIE_TOLERANCE = 1e-9
+
+
+def cost_rank(mode: str, index_weight: float, label: str) -> tuple[bool, float, int, str]:
+    """How a tie is broken: a configuration that does not train before one that does, then the
+    lower teacher share of the indexed documents, then the simpler mode, then the label."""
+    order = {m: i for i, m in enumerate(MODES)}
+    trains = Mode(mode).trains if mode in order else True
+    return trains, float(index_weight), order.get(mode, len(order)), label
 
 
 def final_cycle(frame: pd.DataFrame) -> pd.DataFrame:
@@ -101,31 +117,44 @@ def nested_selection(test: pd.DataFrame, selection: SelectionScores,
     `test`: per-query test scores at each run's final cycle, with columns group_hash, seed,
     query_id, fold, ndcg_at_10. Only its ids and folds are read before a choice (to keep the
     fold's test queries out of the choice); its scores are read only for the chosen
-    configuration, after. A tie goes to the simpler mode (frozen first), then to the label."""
-    rank = {m: i for i, m in enumerate(MODES)}
+    configuration, after. Every candidate of a (seed, fold) is judged on the same queries: those
+    that all of them have a selection score for (a candidate logged with other selection
+    queries is warned about and judged on the common ones). Ties within TIE_TOLERANCE go to the
+    cheaper configuration (`cost_rank`)."""
     cands = candidates.drop_duplicates("group_hash")
     labels = dict(zip(cands["group_hash"].astype(str), cands["config_label"].astype(str),
                       strict=True))
     modes = dict(zip(cands["group_hash"].astype(str), cands["mode"], strict=True))
+    weights = dict(zip(cands["group_hash"].astype(str),
+                       cands.get("index_weight", pd.Series(0.0, index=cands.index)).fillna(0.0),
+                       strict=True))
     test = test[test["group_hash"].astype(str).isin(labels)]
     choices, cells = [], []
     for (seed, fold), held in test.groupby(["seed", "fold"]):
         test_ids = frozenset(held["query_id"].astype(str))
-        scored = []
-        for g in sorted(set(held["group_hash"].astype(str))):
-            offered = selection.queries(g, seed, fold)
-            ids = offered - test_ids
-            if len(ids) < len(offered):
+        offered = {g: selection.queries(g, seed, fold)
+                   for g in sorted(set(held["group_hash"].astype(str)))}
+        offered = {g: ids for g, ids in offered.items() if ids}
+        if not offered:
+            continue
+        common = frozenset.intersection(*offered.values()) - test_ids
+        for g, ids in offered.items():
+            if ids & test_ids:
                 log.warning("configuration %s, seed %s, fold %s: %d selection queries are test "
                             "queries of that fold; left out of the choice", labels[g], seed, fold,
-                            len(offered) - len(ids))
-            if not ids:
-                continue
-            score = selection.mean_score(g, seed, fold, sorted(ids))
-            scored.append((-score, rank.get(modes[g], len(rank)), labels[g], g, score, len(ids)))
-        if not scored:
+                            len(ids & test_ids))
+            if ids - test_ids != common:
+                log.warning("configuration %s, seed %s, fold %s: selection scores for %d queries "
+                            "the other candidates lack; judged on the %d common ones", labels[g],
+                            seed, fold, len(ids - test_ids - common), len(common))
+        if not common:
             continue
-        *_, chosen, score, n = min(scored)
+        query_ids = sorted(common)
+        scored = [(selection.mean_score(g, seed, fold, query_ids), g) for g in offered]
+        best = max(score for score, _ in scored)
+        tied = [g for score, g in scored if best - score <= TIE_TOLERANCE]
+        chosen = min(tied, key=lambda g: cost_rank(modes[g], weights[g], labels[g]))
+        score, n = dict((g, sc) for sc, g in scored)[chosen], len(query_ids)
         choices.append({"seed": int(seed), "fold": int(fold), "group_hash": chosen,
                         "config_label": labels[chosen], "mode": modes[chosen],
                         "selection_score": score, "selection_queries": n})
@@ -142,10 +171,12 @@ def _per_seed_query(frame: pd.DataFrame) -> pd.DataFrame:
 
 def summarise_nested(result: NestedSelection, test: pd.DataFrame,
                      reference: pd.DataFrame | None, reference_label: str | None = None,
-                     confidence: float = 0.95, signed_rank: bool = True) -> dict[str, Any]:
+                     confidence: float = 0.95, scipy_tests: bool = True) -> dict[str, Any]:
     """The procedure's figures: pooled test NDCG@10 with its interval (per query, averaged over
-    seeds), the paired difference from the reference (per query; and over seeds where seeds
-    vary), the choices' agreement and the regret (best candidate on test minus the procedure).
+    seeds) and its spread over seeds (`seed_sd`: the standard deviation of the per-seed means),
+    the paired difference from the reference (per query, the one inferential test; its spread
+    over seeds beside it), the choices' agreement and the regret (best candidate on test minus
+    the procedure, with its paired interval over queries: `tied` when that interval holds 0).
     `test` as for `nested_selection`; `reference`: the reference's per-query rows (seed,
     query_id, ndcg_at_10), or None."""
     out: dict[str, Any] = {"n_candidates": len(result.candidates),
@@ -158,18 +189,25 @@ def summarise_nested(result: NestedSelection, test: pd.DataFrame,
     label, agreeing, n_cells = result.agreement()
     out.update(ndcg_mean=mean, ci_low=low, ci_high=high, n_queries=int(per_query.size),
                n_seeds=int(cells["seed"].nunique()), modal_choice=label, agreeing=agreeing,
-               n_choices=n_cells, distinct_choices=int(result.choices["group_hash"].nunique()))
+               n_choices=n_cells, distinct_choices=int(result.choices["group_hash"].nunique()),
+               seed_sd=seed_spread(cells.groupby("seed")["ndcg_at_10"].mean()))
     seeds = set(cells["seed"])
     pooled = []
     for g, label_g in result.candidates.items():
         rows = test[(test["group_hash"].astype(str) == g) & test["seed"].isin(seeds)]
         if rows.empty or set(rows["seed"]) != seeds:
             continue
-        pooled.append((float(_per_seed_query(rows).groupby("query_id")["ndcg_at_10"].mean()
-                             .mean()), label_g))
+        by_query = _per_seed_query(rows).groupby("query_id")["ndcg_at_10"].mean()
+        pooled.append((float(by_query.mean()), label_g, by_query))
     if pooled:
-        best, best_label = max(pooled)
-        out.update(best_on_test=best, best_on_test_label=best_label, regret=best - mean)
+        best, best_label, best_queries = max(pooled, key=lambda item: (item[0], item[1]))
+        paired = pd.concat([best_queries.rename("a"), per_query.rename("b")], axis=1,
+                           join="inner")
+        gap = paired_comparison(paired["a"].to_numpy(), paired["b"].to_numpy(), confidence,
+                                scipy_tests=False)
+        out.update(best_on_test=best, best_on_test_label=best_label, regret=best - mean,
+                   regret_ci_low=gap["ci_low"], regret_ci_high=gap["ci_high"],
+                   tied=bool(best - mean <= 1e-12 or gap["ci_low"] <= 0.0))
     if reference is None or reference.empty:
         return out
     ref = _per_seed_query(reference.assign(query_id=reference["query_id"].astype(str)))
@@ -181,13 +219,13 @@ def summarise_nested(result: NestedSelection, test: pd.DataFrame,
     m = m.rename(columns={"ndcg_at_10_a": "a", "ndcg_at_10_b": "b"})
     by_query = m.groupby("query_id")[["a", "b"]].mean()
     res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence,
-                            signed_rank)
-    by_seed = seed_test_or_deterministic(m.groupby("seed")[["a", "b"]].mean())
+                            scipy_tests)
+    by_seed = m.groupby("seed")[["a", "b"]].mean()
     out.update(reference=reference_label or "reference", reference_mean=res["mean_b"],
                n_paired=res["n"], diff=res["mean_diff"], diff_ci_low=res["ci_low"],
                diff_ci_high=res["ci_high"], p_ttest=res["p_ttest"],
-               p_wilcoxon=res["p_wilcoxon"], p_seeds=by_seed["p_ttest"],
-               seeds_deterministic=by_seed["deterministic"])
+               p_permutation=res["p_permutation"], p_wilcoxon=res["p_wilcoxon"],
+               diff_seed_sd=seed_spread(by_seed["a"] - by_seed["b"]))
     return out
 
 
@@ -196,11 +234,12 @@ def candidate_configurations(runs: pd.DataFrame, student: str | None = None) -> 
     student encodes (default: the student of most runs), so that the choice never buys quality
     with a costlier query encoder; the frozen student itself is one."""
     if runs.empty:
-        return pd.DataFrame(columns=["group_hash", "mode", "config_label"])
+        return pd.DataFrame(columns=["group_hash", "mode", "config_label", "index_weight"])
     if student is None and runs["student"].notna().any():
         student = runs["student"].mode().iloc[0]
     pool = runs if student is None else runs[runs["student"] == student]
-    return pool.drop_duplicates("group_hash")[["group_hash", "mode", "config_label"]]
+    columns = ["group_hash", "mode", "config_label", "index_weight"]
+    return pool.drop_duplicates("group_hash").reindex(columns=columns)
 
 
 def frozen_student_group(runs: pd.DataFrame, student: str | None = None) -> str | None:
@@ -234,7 +273,7 @@ def choices_table(result: NestedSelection, seeds: Sequence[int] | None = None) -
 
 def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.DataFrame,
                  confidence: float = 0.95,
-                 signed_rank: bool = True) -> tuple[NestedSelection | None, dict[str, Any]]:
+                 scipy_tests: bool = True) -> tuple[NestedSelection | None, dict[str, Any]]:
     """The nested procedure over a study's runs (`load_runs`), their per-query test scores
     (`load_per_query`) and their selection scores (`load_selection`): (the procedure, its
     summary, with `choices` and `versus`: the procedure against every other frozen model), or
@@ -246,9 +285,11 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
     if per_query.empty or "fold" not in per_query or per_query["fold"].isna().all():
         return None, {"why": "the runs' per-query tables carry no fold (logged before nested "
                              "selection); re-run them"}
+    if "params.selection.method" not in runs or runs["params.selection.method"].isna().any():
+        return None, {"why": "some runs were logged before every candidate was judged on the "
+                             "same selection queries (no selection.method param); re-run them"}
     if selection.empty:
-        return None, {"why": "no run logged selection scores (selection_ndcg.csv: a mode that "
-                             "trains needs validation queries, validation_fraction > 0)"}
+        return None, {"why": "no run logged selection scores (selection_ndcg.csv)"}
     test = final_cycle(per_query).dropna(subset=["fold"]).astype({"fold": int})
     test = test.assign(query_id=test["query_id"].astype(str))
     result = nested_selection(test, FrameSelectionScores(final_cycle(selection)), candidates)
@@ -265,7 +306,7 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
         ref_rows, ref_label = _final_rows(per_query, reference), label.get(reference)
     else:
         ref_rows, ref_label = _cycle_zero_of(per_query, result), "cycle 0 (same runs)"
-    summary = summarise_nested(result, test, ref_rows, ref_label, confidence, signed_rank)
+    summary = summarise_nested(result, test, ref_rows, ref_label, confidence, scipy_tests)
     summary["choices"] = result.choices.to_dict("records")
     others = runs[(runs["mode"] == Mode.FROZEN) & (runs["group_hash"] != reference)]
     if "index_weight" in others:
@@ -273,11 +314,11 @@ def study_answer(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.Data
     summary["versus"] = []
     for g in others["group_hash"].unique():
         other = summarise_nested(result, test, _final_rows(per_query, g), label.get(g),
-                                 confidence, signed_rank)
+                                 confidence, scipy_tests)
         if "diff" in other:
             summary["versus"].append({k: other[k] for k in (
                 "reference", "reference_mean", "diff", "diff_ci_low", "diff_ci_high", "p_ttest",
-                "p_seeds", "seeds_deterministic", "n_paired")})
+                "p_permutation", "diff_seed_sd", "n_paired")})
     return result, summary
 
 

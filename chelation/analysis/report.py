@@ -115,25 +115,29 @@ def _intro(table: pd.DataFrame, comps: pd.DataFrame, alpha: float) -> list[str]:
     lines += [
         f"{len(table)} configurations, {'/'.join(map(str, seeds))} seed(s) each; NDCG@10 at "
         "the final cycle on held-out test queries, averaged per query over seeds. Differences "
-        "are paired per query against the reference (the frozen student unless stated); "
-        f"p-values are two-sided, p (Holm) corrects the paired t-test for the grid's "
-        f"{len(comps)} comparison(s) a reader scans; p (seeds) pairs per-seed means, so it also "
-        "carries training noise (\"deterministic\" where the seeds change nothing, so there is "
-        "no test); MDE is the smallest difference a paired t-test detects with 80% power at "
+        "are paired per query against the reference (the frozen student unless stated). "
+        "p (t): paired t-test over queries; p (perm.): paired randomization test of the same "
+        "mean difference (each query's two scores swapped at random, 9,999 resamples); "
+        "p (Wilcoxon): signed-rank test; all two-sided. p (Holm) corrects the t-test for the "
+        f"grid's {len(comps)} comparison(s) a reader scans. seed sd: the standard deviation over "
+        "seeds of the per-seed mean difference, how much the seed moves it (the seeds share "
+        "their test queries, so no test is made over them: the inference is over queries). "
+        "MDE is the smallest difference a paired t-test detects with 80% power at "
         f"alpha = {alpha:g}.",
         ""]
     return lines
 
 
-def _seeds_cell(r: Mapping[str, Any]) -> str:
-    return "deterministic" if r.get("seeds_deterministic") is True else _p(r["p_seeds"])
+def _sd(x: Any) -> str:
+    return _num(x) if isinstance(x, int | float) and math.isfinite(x) else "n/a"
 
 
 def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
     lines: list[str] = []
     extra = [c for c in ("dataset", "student") if table[c].nunique(dropna=True) > 1]
     head = ["configuration", *extra, "seeds", "queries", f"NDCG@10 [{pct} CI]",
-            f"diff vs reference [{pct} CI]", "p (t)", "p (Wilcoxon)", "p (seeds)", "p (Holm)",
+            f"diff vs reference [{pct} CI]", "p (t)", "p (perm.)", "p (Wilcoxon)", "seed sd",
+            "p (Holm)",
             "MDE 80%", "ratio", "reference"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
@@ -145,8 +149,9 @@ def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
             "—" if is_ref else
             f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
             f"{_signed(r['diff_ci_high'])}]",
-            *(["—"] * 4 if is_ref else [_p(r["p_ttest"]), _p(r["p_wilcoxon"]),
-                                        _seeds_cell(r), _p(r["p_holm"])]),
+            *(["—"] * 5 if is_ref else [_p(r["p_ttest"]), _p(r["p_permutation"]),
+                                        _p(r["p_wilcoxon"]), _sd(r["seed_sd"]),
+                                        _p(r["p_holm"])]),
             "—" if is_ref else _num(r["mde_80"]), _num(r["ratio_to_frozen"], 3),
             "this is the reference" if is_ref else str(r["reference"]),
         ]
@@ -154,10 +159,6 @@ def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
     lines.append("")
 
     return lines
-
-
-def _seed_p(deterministic: Any, p: Any) -> str:
-    return "deterministic: seeds do not vary" if deterministic is True else _p_is(p)
 
 
 def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list[str]:
@@ -178,31 +179,38 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
         label, agreeing, cells = (answer["modal_choice"], answer["agreeing"],
                                   answer["n_choices"])
         text = (f"Each fold chose among {answer['n_candidates']} configurations (those whose "
-                "queries the study's student encodes) on its own training-side queries only: a "
-                "configuration that trains on its fold's validation slice, one that does not "
-                "train on all of the fold's training-side queries; never on a test query. Each "
-                "fold's test queries were then scored by its choice. The procedure's pooled "
-                f"{figure}. `{label}` was chosen in {agreeing} of {cells} (seed, fold) cells "
-                f"({answer['distinct_choices']} distinct choice(s)).")
+                "queries the study's student encodes) on its own selection queries: "
+                "training-side queries, the same for every candidate, none of which trained it "
+                "or decided one of its updates (the guard has a slice of its own), never a "
+                "test query; an exact tie went to the cheaper configuration (no training before "
+                "training, then the lower teacher share). Each fold's test queries were then "
+                f"scored by its choice. The procedure's pooled {figure}, spread over seeds "
+                f"(sd of the per-seed means) {_sd(answer.get('seed_sd'))}. `{label}` was chosen "
+                f"in {agreeing} of {cells} (seed, fold) cells ({answer['distinct_choices']} "
+                "distinct choice(s)).")
     lines += [text, ""]
     if "diff" in answer:
         lines += [f"- against `{answer['reference']}` ({_num(answer['reference_mean'])}): "
                   f"{_signed(answer['diff'])} [{_signed(answer['diff_ci_low'])}, "
                   f"{_signed(answer['diff_ci_high'])}], {_p_is(answer['p_ttest'])} (one paired "
-                  f"t-test over {answer['n_paired']} queries; no multiplicity correction, since "
-                  "no test query entered the choice; over seeds: "
-                  f"{_seed_p(answer.get('seeds_deterministic'), answer.get('p_seeds'))})"]
+                  f"t-test over {answer['n_paired']} queries; paired randomization test "
+                  f"{_p_is(answer.get('p_permutation'))}; no multiplicity correction, since no "
+                  "test query entered the choice; the difference's sd over seeds "
+                  f"{_sd(answer.get('diff_seed_sd'))})"]
     for v in answer.get("versus", []):
         lines.append(f"- against `{v['reference']}` ({_num(v['reference_mean'])}): "
                      f"{_signed(v['diff'])} [{_signed(v['diff_ci_low'])}, "
                      f"{_signed(v['diff_ci_high'])}], {_p_is(v['p_ttest'])} (paired t over "
-                     f"{v['n_paired']} queries; over seeds: "
-                     f"{_seed_p(v.get('seeds_deterministic'), v.get('p_seeds'))})")
+                     f"{v['n_paired']} queries; randomization {_p_is(v.get('p_permutation'))}; "
+                     f"sd over seeds {_sd(v.get('diff_seed_sd'))})")
     if "regret" in answer and not answer.get("nothing_to_choose"):
         lines.append(f"- regret: the best configuration on test, `{answer['best_on_test_label']}` "
                      f"({_num(answer['best_on_test'])}), minus the procedure: "
-                     f"{_signed(answer['regret'])} (what choosing without the test queries "
-                     "cost; the best on test is known only after the fact)")
+                     f"{_signed(answer['regret'])} [{_signed(answer.get('regret_ci_low'))}, "
+                     f"{_signed(answer.get('regret_ci_high'))}] (what choosing without the test "
+                     "queries cost; the best on test is known only after the fact"
+                     + ("; the interval holds 0: the choice and the best are tied within noise)"
+                        if answer.get("tied") else ")"))
     choices = answer.get("choices") or []
     if choices and not answer.get("nothing_to_choose"):
         folds = sorted({c["fold"] for c in choices})
@@ -244,8 +252,7 @@ def _significance_section(comps: pd.DataFrame, alpha: float) -> list[str]:
             direction = "better" if r["diff_vs_frozen"] > 0 else "worse"
             lines.append(f"- `{r['config_label']}` is significantly {direction} than "
                          f"`{r['reference']}`: {_signed(r['diff_vs_frozen'])} "
-                         f"(Holm {_p_is(r['p_holm'])}; over seeds "
-                         f"{_seed_p(r.get('seeds_deterministic'), r['p_seeds'])}).")
+                         f"(Holm {_p_is(r['p_holm'])}; sd over seeds {_sd(r['seed_sd'])}).")
         rest = len(comps) - len(sig)
         if rest:
             tail = (f"The other {rest} comparison(s) are not significant; on this collection "
@@ -301,7 +308,7 @@ def frozen_models_markdown(table: pd.DataFrame) -> str:
         return ""
     lines = ["## The models frozen, for reference", "",
              "| model | NDCG@10 [95% CI] | diff vs the frozen student [95% CI] | p (t) "
-             "| p (Wilcoxon) | p (seeds) |", "|---|---|---|---|---|---|"]
+             "| p (perm.) | p (Wilcoxon) |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         is_ref = r["reference"] == "(reference)"
         lines.append(
@@ -311,7 +318,7 @@ def frozen_models_markdown(table: pd.DataFrame) -> str:
                f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
                f"{_signed(r['diff_ci_high'])}] |")
             + (" — | — | — |" if is_ref else
-               f" {_p(r['p_ttest'])} | {_p(r['p_wilcoxon'])} | {_seeds_cell(r)} |"))
+               f" {_p(r['p_ttest'])} | {_p(r['p_permutation'])} | {_p(r['p_wilcoxon'])} |"))
     if len(table) < 2:
         lines += ["", "The frozen student is the only frozen model in this study."]
     return "\n".join(lines) + "\n"

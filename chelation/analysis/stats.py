@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,8 @@ _CONTEXT = ("student", "dataset", "protocol")
 TABLE_COLUMNS = [
     "config_label", "mode", "teacher", "student", "dataset", "group_hash", "reference",
     "n_seeds", "n_queries", "n_paired", "ndcg_mean", "ci_low", "ci_high",
-    "diff_vs_frozen", "diff_ci_low", "diff_ci_high", "p_ttest", "p_wilcoxon", "p_seeds",
-    "seeds_deterministic", "p_holm", "mde_80", "ratio_to_frozen",
+    "diff_vs_frozen", "diff_ci_low", "diff_ci_high", "p_ttest", "p_permutation", "p_wilcoxon",
+    "seed_sd", "p_holm", "mde_80", "ratio_to_frozen",
 ]
 
 
@@ -63,14 +63,22 @@ def t_test_p(t: float, df: float) -> float:
     return float(2.0 * special.stdtr(df, -abs(t)))
 
 
+# resamples of the paired randomization test: its p-value is within about 0.002 of the exact
+# one at p = 0.05 (binomial standard error), at a few milliseconds for a few hundred queries
+PERMUTATION_RESAMPLES = 9999
+
+
 def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                      confidence: float = 0.95, signed_rank: bool = True) -> dict[str, float]:
+                      confidence: float = 0.95, scipy_tests: bool = True) -> dict[str, float]:
     """Paired comparison of aligned arrays (a[i] and b[i] measure the same query).
 
     Returns n, mean_a, mean_b, mean_diff (a - b), sd_diff, ci_low/ci_high (t interval of the
-    mean difference), p_ttest (paired t-test) and p_wilcoxon (signed-rank test, zero differences
-    dropped; NaN unless `signed_rank`), all two-sided. Pairs with a non-finite side are dropped.
-    When every difference is zero both p-values are 1; with fewer than two pairs they are NaN.
+    mean difference), p_ttest (paired t-test), and with `scipy_tests` (scipy.stats, about a
+    second to import) p_permutation (paired randomization test of the mean difference: each
+    query's two scores swapped at random, `scipy.stats.permutation_test`, seeded) and
+    p_wilcoxon (signed-rank test, zero differences dropped); else those two are NaN. All
+    two-sided. Pairs with a non-finite side are dropped. When every difference is zero the
+    p-values are 1; with fewer than two pairs they are NaN.
     """
     x = np.asarray(a, dtype=float).ravel()
     y = np.asarray(b, dtype=float).ravel()
@@ -82,7 +90,7 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     n = int(d.size)
     out = {"n": n, "mean_a": math.nan, "mean_b": math.nan, "mean_diff": math.nan,
            "sd_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "p_ttest": math.nan, "p_wilcoxon": math.nan}
+           "p_ttest": math.nan, "p_permutation": math.nan, "p_wilcoxon": math.nan}
     if n == 0:
         return out
     mean_diff, low, high = mean_ci(d, confidence)
@@ -98,43 +106,28 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         out["p_ttest"] = 1.0 if abs(mean_diff) <= 1e-12 * scale else 0.0
     else:
         out["p_ttest"] = t_test_p(mean_diff / (sd / math.sqrt(n)), n - 1)
-    if not signed_rank:
+    if not scipy_tests:
         return out
     nonzero = d[np.abs(d) > 1e-12 * scale]
     if nonzero.size == 0:
-        out["p_wilcoxon"] = 1.0
-    else:
-        from scipy import stats  # the signed-rank test is scipy.stats' alone
+        out["p_wilcoxon"] = out["p_permutation"] = 1.0
+        return out
+    from scipy import stats  # scipy.stats' alone
 
-        out["p_wilcoxon"] = float(stats.wilcoxon(nonzero).pvalue)
+    out["p_wilcoxon"] = float(stats.wilcoxon(nonzero).pvalue)
+    out["p_permutation"] = float(stats.permutation_test(
+        (x, y), lambda u, v, axis: np.mean(u - v, axis=axis), permutation_type="samples",
+        vectorized=True, n_resamples=PERMUTATION_RESAMPLES, alternative="two-sided",
+        rng=np.random.default_rng(0)).pvalue)
     return out
 
 
-def seed_paired_test(per_seed_a: Mapping[Any, float] | pd.Series,
-                     per_seed_b: Mapping[Any, float] | pd.Series) -> dict[str, float]:
-    """Paired t-test over seeds: per-seed means of two arms, matched by seed (seeds present in
-    only one arm are ignored). Returns n_seeds, mean_diff, ci_low, ci_high, p_ttest; the
-    p-value is NaN with fewer than two common seeds."""
-    sa, sb = pd.Series(per_seed_a, dtype=float), pd.Series(per_seed_b, dtype=float)
-    common = sa.index.intersection(sb.index)
-    res = paired_comparison(sa.loc[common].to_numpy(), sb.loc[common].to_numpy())
-    return {"n_seeds": res["n"], "mean_diff": res["mean_diff"], "ci_low": res["ci_low"],
-            "ci_high": res["ci_high"], "p_ttest": res["p_ttest"]}
-
-
-def seed_test_or_deterministic(by_seed: pd.DataFrame | None) -> dict[str, Any]:
-    """The paired test over seeds of per-seed means (columns a, b), or, where the per-seed
-    differences do not vary (deterministic arms: the seeds change nothing), no p-value and
-    `deterministic` True: a test with zero variance is never reported as significant."""
-    if by_seed is None or len(by_seed) < 2:
-        return {"p_ttest": math.nan, "deterministic": False,
-                "n_seeds": 0 if by_seed is None else len(by_seed)}
-    diff = (by_seed["a"] - by_seed["b"]).to_numpy(dtype=float)
-    scale = max(1.0, float(np.abs(diff).max()))
-    if float(diff.std(ddof=1)) <= 1e-12 * scale:
-        return {"p_ttest": math.nan, "deterministic": True, "n_seeds": len(by_seed)}
-    res = seed_paired_test(by_seed["a"], by_seed["b"])
-    return {"p_ttest": res["p_ttest"], "deterministic": False, "n_seeds": res["n_seeds"]}
+def seed_spread(values: Sequence[float] | np.ndarray | pd.Series) -> float:
+    """The standard deviation (ddof 1) of per-seed means: how much a figure moves with the seed.
+    Seeds that score the same test queries do not sample queries again, so no test is made over
+    them: the inference is the paired test over queries. NaN below two seeds."""
+    arr = _finite_array(values)
+    return float(arr.std(ddof=1)) if arr.size >= 2 else math.nan
 
 
 def min_detectable_effect(diff_sd: float, n: int, alpha: float = 0.05,
@@ -270,11 +263,11 @@ def _comparison_row(df: pd.DataFrame, group_hash: str, group: pd.DataFrame,
         row["reference"] = first_value(ref_rows, "config_label") or ref_hash
     by_query, by_seed = _pair(cells, ref_cells)
     res = paired_comparison(by_query["a"].to_numpy(), by_query["b"].to_numpy(), confidence)
-    seeds = seed_test_or_deterministic(by_seed)
+    spread = math.nan if by_seed is None else seed_spread(by_seed["a"] - by_seed["b"])
     return {**row, "n_paired": res["n"], "diff_vs_frozen": res["mean_diff"],
             "diff_ci_low": res["ci_low"], "diff_ci_high": res["ci_high"],
-            "p_ttest": res["p_ttest"], "p_wilcoxon": res["p_wilcoxon"], "p_seeds": seeds["p_ttest"],
-            "seeds_deterministic": seeds["deterministic"],
+            "p_ttest": res["p_ttest"], "p_permutation": res["p_permutation"],
+            "p_wilcoxon": res["p_wilcoxon"], "seed_sd": spread,
             "mde_80": min_detectable_effect(res["sd_diff"], res["n"], alpha, power),
             "ratio_to_frozen": res["mean_a"] / res["mean_b"] if res["mean_b"] else math.nan}
 
@@ -290,9 +283,9 @@ def compare_to_reference(per_query_df: pd.DataFrame, reference_group: str | None
     with cycle 0 of its own runs (the untrained model of the same splits), and the
     `reference` column says so. Columns: see TABLE_COLUMNS. `ndcg_mean`/`ci_*` are over
     the configuration's own queries; `diff_*`, the p-values, `mde_80` and
-    `ratio_to_frozen` over the queries both arms scored. `p_seeds` is a paired t-test of
-    per-seed means (NaN below two common seeds, and NaN with `seeds_deterministic` where the
-    per-seed differences do not vary); `p_holm` is `p_ttest` Holm-adjusted over
+    `ratio_to_frozen` over the queries both arms scored. `seed_sd` is the spread over seeds of
+    the per-seed mean difference (no test over seeds: they share the test queries); `p_holm`
+    is `p_ttest` Holm-adjusted over
     all comparisons in the table. The reference row carries NaN differences and ratio 1.
     """
     required = {"group_hash", "seed", "cycle", "query_id", "ndcg_at_10"}

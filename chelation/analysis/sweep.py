@@ -52,7 +52,14 @@ class SweepSummary:
                      f"{_num(m.get('diff_ci_high'), True)}] vs "
                      f"{self.tags['sweep_chosen_reference']} ({_p_is(m.get('diff_p'))})")
         if "regret" in m:
-            text += f"; regret {m['regret']:+.4f} vs the best on test"
+            text += f"; regret {m['regret']:+.4f}"
+            if "regret_ci_low" in m:
+                text += (f" [{_num(m.get('regret_ci_low'), True)}, "
+                         f"{_num(m.get('regret_ci_high'), True)}]")
+            best = self.tags.get("sweep_best_on_test", "")
+            text += f" vs the best on test ({best})" if best else " vs the best on test"
+            if self.tags.get("sweep_chosen_tied") == "true":
+                text += ": tied within noise"
         return text
 
 
@@ -92,7 +99,7 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
         return out
     out.metrics["sweep_configurations"] = float(runs["group_hash"].nunique())
     # the summary reports the t-test alone: no signed-rank test, so no scipy.stats import
-    result, answer = study_answer(runs, per_query, selection, confidence, signed_rank=False)
+    result, answer = study_answer(runs, per_query, selection, confidence, scipy_tests=False)
     if result is None:
         out.tags[CHOSEN_TAG] = f"none: {answer['why']}"
         return out
@@ -102,9 +109,9 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
         out.tags["sweep_chosen_on"] = "nothing to choose: the sweep has one configuration"
     else:
         out.tags.update({
-            "sweep_chosen_on": "each fold's training-side queries (a trained configuration's "
-                               "validation slice, an untrained one's every training-side "
-                               f"query) among {answer['n_candidates']} configurations",
+            "sweep_chosen_on": "each fold's selection queries, the same for every candidate and "
+                               "none of which trained it or guarded its updates, among "
+                               f"{answer['n_candidates']} configurations (ties: the cheaper)",
             "sweep_chosen_folds": f"{agreeing} of {cells} (seed, fold) choices; "
                                   f"{choices_text(result)}",
             "sweep_chosen_per_fold": "; ".join(f"seed {c['seed']} fold {c['fold']}: "
@@ -120,17 +127,20 @@ def summarise_sweep(runs: pd.DataFrame, per_query: pd.DataFrame, selection: pd.D
                             "sweep_chosen_test_queries": float(answer["n_queries"]),
                             "sweep_chosen_seeds": float(answer["n_seeds"])})
     if not result.nothing_to_choose and "regret" in answer:
-        out.metrics["sweep_chosen_regret"] = answer["regret"]
+        out.metrics.update({"sweep_chosen_regret": answer["regret"],
+                            "sweep_chosen_regret_ci_low": answer["regret_ci_low"],
+                            "sweep_chosen_regret_ci_high": answer["regret_ci_high"]})
+        out.tags["sweep_best_on_test"] = str(answer["best_on_test_label"])
+        out.tags["sweep_chosen_tied"] = str(answer["tied"]).lower()
+    if not math.isnan(answer.get("seed_sd", math.nan)):
+        out.metrics["sweep_chosen_seed_sd"] = answer["seed_sd"]
     if "diff" in answer:
         out.tags["sweep_chosen_reference"] = str(answer["reference"])
         out.metrics.update({"sweep_chosen_diff": answer["diff"],
                             "sweep_chosen_diff_ci_low": answer["diff_ci_low"],
                             "sweep_chosen_diff_ci_high": answer["diff_ci_high"],
                             "sweep_chosen_diff_p": answer["p_ttest"]})
-        if answer.get("seeds_deterministic"):
-            out.tags["sweep_chosen_diff_p_seeds"] = "deterministic: seeds do not vary"
-        else:
-            out.metrics["sweep_chosen_diff_p_seeds"] = answer["p_seeds"]
+        out.metrics["sweep_chosen_diff_seed_sd"] = answer["diff_seed_sd"]
     elif result.nothing_to_choose:
         out.tags["sweep_chosen_reference"] = ("none: the sweep's one configuration is frozen, "
                                               "its own reference")

@@ -4,13 +4,20 @@ from chelation.data.beir import load_beir
 from chelation.data.dataset import DatasetError, RetrievalDataset, with_train_queries
 from chelation.data.loading import dataset_digest, load_dataset
 from chelation.data.mteb_loader import load_mteb
-from chelation.data.splits import kfold_queries, split_queries, validation_slice
+from chelation.data.splits import (
+    inner_folds,
+    kfold_queries,
+    selection_slice,
+    split_queries,
+    validation_slice,
+)
 from chelation.data.synthetic import SYNTHETIC_VARIANTS, make_synthetic, make_synthetic_variant
 
 __all__ = [
     "DatasetError",
     "RetrievalDataset",
     "dataset_digest",
+    "inner_folds",
     "kfold_queries",
     "load_beir",
     "load_dataset",
@@ -18,6 +25,7 @@ __all__ = [
     "make_synthetic",
     "make_synthetic_variant",
     "SYNTHETIC_VARIANTS",
+    "selection_slice",
     "split_queries",
     "validation_slice",
     "with_train_queries",

@@ -9,10 +9,11 @@ import numpy as np
 
 from chelation.data.dataset import natural_sorted
 
-__all__ = ["kfold_queries", "split_queries", "validation_slice"]
+__all__ = ["inner_folds", "kfold_queries", "selection_slice", "split_queries",
+           "validation_slice"]
 
 # Distinct streams so that the same seed does not shuffle the same way in every helper.
-_SPLIT_STREAM, _KFOLD_STREAM, _VALIDATION_STREAM = 1, 2, 3
+_SPLIT_STREAM, _KFOLD_STREAM, _VALIDATION_STREAM, _SELECTION_STREAM, _INNER_STREAM = 1, 2, 3, 4, 5
 
 
 def _prepare(query_ids: Sequence[str], what: str) -> list[str]:
@@ -58,10 +59,21 @@ def kfold_queries(query_ids: Sequence[str], k: int, seed: int) -> list[tuple[lis
 
     Fold sizes differ by at most one. Requires `2 <= k <= len(query_ids)`.
     """
+    return _kfold(query_ids, k, seed, _KFOLD_STREAM)
+
+
+def inner_folds(train_ids: Sequence[str], k: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """`k` `(train, test)` pairs over a fold's training side (as `kfold_queries`, shuffled
+    apart from the outer folds)."""
+    return _kfold(train_ids, k, seed, _INNER_STREAM)
+
+
+def _kfold(query_ids: Sequence[str], k: int, seed: int,
+           stream: int) -> list[tuple[list[str], list[str]]]:
     ids = _prepare(query_ids, "query_ids")
     if not 2 <= k <= len(ids):
         raise ValueError(f"k must be between 2 and the number of ids ({len(ids)}), got {k}")
-    order = _shuffled(ids, seed, _KFOLD_STREAM)
+    order = _shuffled(ids, seed, stream)
     folds = [natural_sorted(order[i::k]) for i in range(k)]
     pairs = []
     for i, test in enumerate(folds):
@@ -78,11 +90,25 @@ def validation_slice(
     `fraction` must lie in `[0, 1)`. With `fraction == 0` or fewer than two ids the slice
     is empty; otherwise both parts are non-empty.
     """
+    return _slice(train_ids, fraction, seed, _VALIDATION_STREAM)
+
+
+def selection_slice(
+    train_ids: Sequence[str], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Set apart the queries a fold chooses a configuration on: `(rest, select)`, as
+    `validation_slice` but shuffled apart from it. It depends only on the ids, the fraction and
+    the seed, so every configuration of a study gets the same selection queries."""
+    return _slice(train_ids, fraction, seed, _SELECTION_STREAM)
+
+
+def _slice(train_ids: Sequence[str], fraction: float, seed: int,
+           stream: int) -> tuple[list[str], list[str]]:
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     ids = _prepare(train_ids, "train_ids")
     if fraction == 0.0 or len(ids) < 2:
         return ids, []
-    order = _shuffled(ids, seed, _VALIDATION_STREAM)
+    order = _shuffled(ids, seed, stream)
     n_val = _held_out_count(len(ids), fraction)
     return natural_sorted(order[n_val:]), natural_sorted(order[:n_val])
