@@ -209,7 +209,8 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
                      f"{_signed(answer['regret'])} [{_signed(answer.get('regret_ci_low'))}, "
                      f"{_signed(answer.get('regret_ci_high'))}] (what choosing without the test "
                      "queries cost; the best on test is known only after the fact"
-                     + ("; the interval holds 0: the choice and the best are tied within noise)"
+                     + (": the choice is the best on test)" if answer["regret"] <= 1e-12 else
+                        "; the interval holds 0: the choice and the best are tied within noise)"
                         if answer.get("tied") else ")"))
     choices = answer.get("choices") or []
     if choices and not answer.get("nothing_to_choose"):

@@ -58,8 +58,10 @@ class SweepSummary:
                          f"{_num(m.get('regret_ci_high'), True)}]")
             best = self.tags.get("sweep_best_on_test", "")
             text += f" vs the best on test ({best})" if best else " vs the best on test"
-            if self.tags.get("sweep_chosen_tied") == "true":
-                text += ": tied within noise"
+            if m["regret"] <= 1e-12:
+                text += ": the choice is the best on test"
+            elif self.tags.get("sweep_chosen_tied") == "true":
+                text += ": tied within noise (the interval holds 0)"
         return text
 
 
