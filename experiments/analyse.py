@@ -1,7 +1,10 @@
 """Execute notebooks/analysis.ipynb headless against an MLflow experiment.
 
     python -m experiments.analyse --tracking-uri sqlite:///mlflow.db --experiment NAME \
-        [--output-dir analysis_output] [--results-md results/RESULTS.md]
+        [--output-dir analysis_output] [--results-md results/RESULTS.md] [--post-hoc WHY]
+
+`--post-hoc WHY` marks a study whose candidate set was chosen after results on the same test
+queries had been read; its report says so.
 
 The parameters cell (tagged `parameters`) is replaced by the given values; the executed notebook,
 its figures and the comparison table land in the output folder.
@@ -50,13 +53,17 @@ def main() -> None:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--output-dir", default="analysis_output")
     parser.add_argument("--results-md", default=None)
+    parser.add_argument("--post-hoc", default=None, metavar="WHY",
+                        help="the candidate set was chosen after results on these test queries "
+                             "were read: say why; the report marks the answer post hoc")
     args = parser.parse_args()
     output = Path(args.output_dir).resolve()
     execute_notebook({"TRACKING_URI": absolute_sqlite(args.tracking_uri),
                       "EXPERIMENT": args.experiment,
                       "OUTPUT_DIR": str(output),
                       "RESULTS_MD": str(Path(args.results_md).resolve()) if args.results_md
-                      else None}, output)
+                      else None,
+                      "POST_HOC": args.post_hoc}, output)
     print(f"executed notebook and figures in {output}")
 
 

@@ -677,7 +677,7 @@ def _outputs_text(nb):
 def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     out, report = tmp_path / "figures", tmp_path / "report" / "results.md"
     _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="full",
-                      OUTPUT_DIR=str(out), RESULTS_MD=str(report))
+                      OUTPUT_DIR=str(out), RESULTS_MD=str(report), POST_HOC=None)
     for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png", "forest.png"):
         png = out / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -689,13 +689,17 @@ def test_notebook_runs_headless_on_the_store(store, kernel_name, tmp_path):
     assert "| `hybrid-2` | `hybrid/mpnet/constant:0.5/procrustes` |" in text
     assert "hybrid/failed" not in text
     assert "0.97 x its reference" in text
+    # the store's other studies on the same (toy, kfold) queries: one family of answers
+    assert "This store holds 4 studies scored on the same test queries" in text
+    assert "Post hoc" not in text
 
 
 @pytest.mark.slow
 def test_notebook_copes_without_hybrid_runs(store, kernel_name, tmp_path):
     out, report = tmp_path / "figures", tmp_path / "results.md"
     nb = _execute_notebook(tmp_path, kernel_name, TRACKING_URI=store, EXPERIMENT="no-hybrid",
-                           OUTPUT_DIR=str(out), RESULTS_MD=str(report))
+                           OUTPUT_DIR=str(out), RESULTS_MD=str(report),
+                           POST_HOC="the arms without hybrid, chosen after the full grid")
     assert "No hybrid runs with a constant schedule" in _outputs_text(nb)
     assert not (out / "ndcg_vs_weight.png").exists()
     assert (out / "ndcg_per_cycle.png").stat().st_size > 5000
@@ -703,6 +707,7 @@ def test_notebook_copes_without_hybrid_runs(store, kernel_name, tmp_path):
     for label in ("frozen/all-MiniLM-L6-v2", "baseline", "offline/mpnet/procrustes"):
         assert f"`{label}`" in text
     assert "hybrid/" not in text
+    assert "**Post hoc.**" in text and "chosen after the full grid" in text
 
 
 def test_run_summary_skips_missing_metrics():

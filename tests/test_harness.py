@@ -281,7 +281,7 @@ def test_notebook_reads_the_real_sweep(sweep_store: Path) -> None:
     report = out / "RESULTS.md"
     execute_notebook({"TRACKING_URI": f"sqlite:///{sweep_store}/mlflow.db",
                       "EXPERIMENT": "sweep", "OUTPUT_DIR": str(out),
-                      "RESULTS_MD": str(report)}, out)
+                      "RESULTS_MD": str(report), "POST_HOC": None}, out)
     for name in ("ndcg_vs_weight.png", "ndcg_per_cycle.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     text = report.read_text()

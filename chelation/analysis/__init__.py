@@ -51,6 +51,7 @@ from chelation.analysis.runs import (
     metric_history,
     per_query_table,
     run_summary,
+    studies_on_the_same_queries,
 )
 from chelation.analysis.stats import (
     TABLE_COLUMNS,
@@ -70,7 +71,6 @@ __all__ = [
     "load_per_query", "load_runs", "load_selection", "mean_ci", "metric_history",
     "min_detectable_effect", "nested_selection", "paired_comparison", "per_query_table",
     "plot_forest", "plot_ndcg_per_cycle", "plot_ndcg_vs_index_weight", "plot_ndcg_vs_weight",
-    "results_markdown", "run_summary", "save_figure",
-    "seed_spread", "select_on_validation", "study_answer", "summarise_nested",
-    "teacher_margins",
+    "results_markdown", "run_summary", "save_figure", "seed_spread", "select_on_validation",
+    "studies_on_the_same_queries", "study_answer", "summarise_nested", "teacher_margins",
 ]

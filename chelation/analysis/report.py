@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,13 +50,16 @@ def _signed(x: Any) -> str:
 def results_markdown(table: pd.DataFrame, answer: Mapping[str, Any] | None = None, *,
                      title: str = "Study results", alpha: float = 0.05, floor: float = 0.97,
                      confidence: float = 0.95, frozen: pd.DataFrame | None = None,
-                     legend: pd.DataFrame | None = None) -> str:
+                     legend: pd.DataFrame | None = None, family: Sequence[str] = (),
+                     post_hoc: str | None = None) -> str:
     """Markdown report of a `compare_to_reference` table and the study's answer (the summary
     `chelation.analysis.nested.study_answer` gives: the configuration each fold chose on its
     training-side queries, and the procedure's pooled test figure against the frozen student);
     `frozen` (from `frozen_models_table`) adds the frozen models, teacher included; with a
     `label_legend` configurations go by their short labels and a last section says what each
-    means. One function per section below."""
+    means. `family`: the studies of the store on the same test queries (this one included);
+    `post_hoc`: why the candidate set was chosen after tables on these queries were read, which
+    marks the answer post hoc. One function per section below."""
     lines = [f"# {title}", ""]
     if table.empty:
         return "\n".join([*lines, "No finished job runs with per-query results.", ""])
@@ -66,6 +69,7 @@ def results_markdown(table: pd.DataFrame, answer: Mapping[str, Any] | None = Non
     lines += _intro(table, comps, alpha)
     lines += _comparison_rows(table, f"{confidence:.0%}")
     lines += _answer_section(answer, confidence)
+    lines += _family_section(family, post_hoc)
     lines += _frozen_section(frozen)
     lines += _significance_section(comps, alpha)
     lines += _floor_section(comps, floor)
@@ -222,6 +226,21 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
             lines.append(f"| {seed} | " + " | ".join(f"`{by_fold[f]}`" if f in by_fold else "—"
                                                      for f in folds) + " |")
     return [*lines, ""]
+
+
+def _family_section(family: Sequence[str], post_hoc: str | None) -> list[str]:
+    lines: list[str] = []
+    if post_hoc:
+        lines += [f"**Post hoc.** This study's candidate set was chosen after results on the "
+                  f"same test queries had been read ({post_hoc}). Its answer is exploratory: "
+                  "its interval and p-value do not hold as a confirmatory test.", ""]
+    if len(family) > 1:
+        lines += [f"This store holds {len(family)} studies scored on the same test queries "
+                  f"({', '.join(f'`{name}`' for name in family)}): each answer computed on them "
+                  "is one of a family of as many comparisons, and only an answer whose "
+                  "candidate set was declared before any of them was read is free of the "
+                  "others.", ""]
+    return lines
 
 
 def _frozen_section(frozen: pd.DataFrame | None) -> list[str]:

@@ -73,6 +73,27 @@ def load_runs(tracking_uri: str, experiment: str, where: Sequence[str] = ("",)) 
     return one_run_per_configuration(_with_short_columns(pd.DataFrame(list(rows.values()))))
 
 
+def studies_on_the_same_queries(tracking_uri: str, runs: pd.DataFrame) -> list[str]:
+    """The experiments of the store holding finished job runs on the study's test queries (the
+    same dataset and protocol as most of its runs), the study's own included: each answer
+    computed on those queries belongs to one family."""
+    if runs.empty or runs["dataset"].dropna().empty or runs["protocol"].dropna().empty:
+        return []
+    from mlflow.entities import ViewType
+
+    dataset, protocol = runs["dataset"].mode().iloc[0], runs["protocol"].mode().iloc[0]
+    client = tracking.client(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    query = (f"attributes.status = 'FINISHED' and tags.`{ROLE_TAG}` = 'job' and "
+             f"tags.`{Tag.DATASET}` = '{dataset}' and tags.`{Tag.PROTOCOL}` = '{protocol}'")
+    found = set()
+    for experiment_id, name in experiments.items():
+        if client.search_runs([experiment_id], filter_string=query,
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
+            found.add(name)
+    return sorted(found)
+
+
 def _run_row(run: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
