@@ -247,7 +247,8 @@ def run_encoded(
                 # the validation slice stays unseen: it must judge generalisation to new queries
                 outcome = r.distill(f.fit if settings.training.distill_queries else [])
                 result.fallbacks.append(outcome.fallback)
-                result.distill_rollbacks += int(outcome.rollback)
+                if f.parent is None:  # the job's own models; inner ones only score selection
+                    result.distill_rollbacks += int(outcome.rollback)
             result.distill_time_s = time.perf_counter() - t0
         # one stream per fold: a fold draws the same batches whatever other folds run beside it
         rngs = [np.random.default_rng([settings.seed, i]) for i in range(len(folds))]
