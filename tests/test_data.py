@@ -13,10 +13,12 @@ import pytest
 from chelation.data import (
     DatasetError,
     RetrievalDataset,
+    inner_folds,
     kfold_queries,
     load_beir,
     load_mteb,
     make_synthetic,
+    selection_slice,
     split_queries,
     validation_slice,
 )
@@ -444,6 +446,26 @@ def test_validation_slice() -> None:
     assert len(val2) == 1
     with pytest.raises(ValueError, match=re.escape("1.0")):
         validation_slice(train, 1.0, seed=0)
+
+
+def test_the_selection_slice_is_drawn_apart_from_the_guard_slice() -> None:
+    train, _ = split_queries(IDS, 0.2, seed=0)
+    rest, select = selection_slice(train, 0.25, seed=0)
+    assert len(select) == 16 and not set(rest) & set(select)
+    assert set(rest) | set(select) == set(train)
+    # order-independent, and not the guard's shuffle
+    assert selection_slice(list(reversed(train)), 0.25, seed=0) == (rest, select)
+    assert select != validation_slice(train, 0.25, seed=0)[1]
+
+
+def test_inner_folds_partition_the_training_side_apart_from_the_outer_folds() -> None:
+    train, _ = split_queries(IDS, 0.2, seed=0)
+    inner = inner_folds(train, 3, seed=0)
+    tests = [set(t) for _, t in inner]
+    assert sum(map(len, tests)) == len(train) and set().union(*tests) == set(train)
+    for fit, test in inner:
+        assert set(fit) | set(test) == set(train) and not set(fit) & set(test)
+    assert [t for _, t in inner] != [t for _, t in kfold_queries(train, 3, seed=0)]
 
 
 # --- a collection's own train split ---------------------------------------------------------

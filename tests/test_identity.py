@@ -101,6 +101,19 @@ def test_which_keys_change_the_hash_per_mode(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", list(_MATTERS))
+def test_the_selection_method_and_only_its_own_setting_enter_the_hash(mode: str) -> None:
+    """What a fold chooses on is logged with every run, so it is part of every mode's identity;
+    the setting of the method not in use is not."""
+    holdout = _config(f"mode={mode}", "selection.method=holdout")
+    inner = _config(f"mode={mode}", "selection.method=inner")
+    assert identity(holdout) != identity(inner)
+    assert _changes_hash(holdout, "selection.fraction", 0.4)
+    assert not _changes_hash(holdout, "selection.inner_folds", 5)
+    assert _changes_hash(inner, "selection.inner_folds", 5)
+    assert not _changes_hash(inner, "selection.fraction", 0.4)
+
+
+@pytest.mark.parametrize("mode", list(_MATTERS))
 def test_the_seed_changes_the_job_hash_but_not_the_group_hash(mode: str) -> None:
     config = _config(f"mode={mode}")
     other = _with(config, "seed", 7)
