@@ -11,7 +11,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from chelation.kinds import Mode, Schedule, SelectionMethod
-from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings
+from chelation.settings import DEFAULT_PRECISION, IndexSettings, RunSettings, SelectionSettings
 
 # Keys that do not change what a job computes: never part of its identity.
 NOT_IDENTITY = ("tracking.", "cache_dir", "engine.", "show_progress", "student.batch_size",
@@ -79,7 +79,7 @@ def excluded_keys(config: RunSettings | Mapping[str, Any]) -> tuple[str, ...]:
         if not config.get(part, {}).get("force_precision", False):
             # the default: bfloat16 where the CPU has it; keeps the identity of earlier runs
             exclude = exclude + (f"{part}.force_precision",)
-    method = config.get("selection", {}).get("method", SelectionMethod.HOLDOUT)
+    method = config.get("selection", {}).get("method", SelectionSettings().method)
     exclude = exclude + (("selection.inner_folds",) if method == SelectionMethod.HOLDOUT
                          else ("selection.fraction",))
     if not config["training"].get("listwise_weight"):

@@ -171,7 +171,7 @@ class SelectionSettings:
     folds, each configuration is trained again on all but one of them and scores the one left
     out, so that every training-side query is scored by a model that never saw it."""
 
-    method: str = SelectionMethod.HOLDOUT.value
+    method: str = SelectionMethod.INNER.value
     fraction: float = 0.25
     inner_folds: int = 3
 
