@@ -107,7 +107,7 @@ def test_index_holds_the_adapted_blend_of_every_document_after_training(
     np.testing.assert_allclose(choice.vectors, expected, atol=1e-5)
 
     r = ChelatedRetriever(encoded_synthetic.with_documents(choice.vectors), settings, teacher,
-                          fold.val)
+                          fold.guard)
     try:
         r.run_queries(fold.fit[:20])
         result = r.sediment(0.5)
@@ -173,6 +173,6 @@ def test_projection_fitted_with_train_queries_sees_only_the_fold_fit_queries(
         [synthetic.queries[q] for q in fold.fit], encoded_synthetic.query_matrix(fold.fit))
     query_texts = set(seen) - set(texts)
     assert query_texts == {synthetic.queries[q] for q in fold.fit}
-    assert not query_texts & {synthetic.queries[q] for q in fold.val + fold.test}
+    assert not query_texts & {synthetic.queries[q] for q in fold.guard + fold.test}
     assert np.abs(with_queries.vectors - corpus_only.vectors).max() > 1e-4
     assert math.isclose(float(np.linalg.norm(with_queries.vectors[0])), 1.0, rel_tol=1e-5)
