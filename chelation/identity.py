@@ -98,7 +98,8 @@ def config_label(settings: RunSettings) -> str:
     parts = [mode.value]
     if not mode.trains:
         parts.append(_model_name(settings.student.model))
-    for part in (settings.student, settings.teacher):
+    used = (settings.student, settings.teacher) if settings.needs_teacher else (settings.student,)
+    for part in used:
         if part.precision != DEFAULT_PRECISION:
             parts.append(f"{_model_name(part.model)}:{part.precision}")
     if settings.index.document_weight > 0:

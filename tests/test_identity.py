@@ -177,6 +177,10 @@ def test_the_typed_config_hashes_like_the_dict_hydra_composes() -> None:
     (("mode=baseline", "teacher=mpnet", "index.documents=teacher", "index.fit_queries=true"),
      "baseline/docs:mpnet+queries@1"),
     (("mode=baseline", "student.precision=bfloat16"), "baseline/all-MiniLM-L6-v2:bfloat16"),
+    # a teacher the configuration never loads does not name its precision
+    (("mode=frozen", "teacher=mpnet", "teacher.precision=bfloat16"), "frozen/all-MiniLM-L6-v2"),
+    (("mode=offline", "teacher=mpnet", "teacher.precision=bfloat16"),
+     "offline/all-mpnet-base-v2:bfloat16/mpnet/procrustes"),
 ])
 def test_the_label_names_the_mode_and_only_what_it_depends_on(overrides, label) -> None:
     assert config_label(job_config(compose_with(*overrides))) == label
