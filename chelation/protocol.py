@@ -147,8 +147,7 @@ def selection_folds(folds: Sequence[Fold], settings: RunSettings) -> list[Fold]:
     where the configuration's model does not depend on its training queries (no training, no
     projection fitted on them): each inner model would be the outer one, which then scores the
     training side itself."""
-    if (settings.selection.method != SelectionMethod.INNER
-            or not depends_on_training_queries(settings)):
+    if not _inner_models_select(settings):
         return []
     inner = []
     for i, outer in enumerate(folds):
@@ -163,6 +162,13 @@ def depends_on_training_queries(settings: RunSettings) -> bool:
     """Whether a fold's model changes with its training queries."""
     return (Mode(settings.training.mode).trains
             or (settings.index.fit_queries and settings.index.document_weight > 0))
+
+
+def _inner_models_select(settings: RunSettings) -> bool:
+    """selection.method=inner where the model depends on its training queries: inner folds'
+    models score the selection queries. Elsewhere under inner the outer model scores them."""
+    return (settings.selection.method == SelectionMethod.INNER
+            and depends_on_training_queries(settings))
 
 
 def encode_dataset(dataset: RetrievalDataset, encoder: CachedEncoder) -> EncodedDataset:
@@ -335,8 +341,7 @@ def _selection_queries(fold: Fold, settings: RunSettings) -> list[str]:
     queries (otherwise its inner folds' models score them)."""
     if fold.select:
         return fold.select
-    if (settings.selection.method == SelectionMethod.INNER
-            and not depends_on_training_queries(settings)):
+    if settings.selection.method == SelectionMethod.INNER and not _inner_models_select(settings):
         return fold.training_side
     return []
 

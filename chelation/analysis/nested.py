@@ -150,14 +150,13 @@ def nested_selection(test: pd.DataFrame, selection: SelectionScores,
         if not common:
             continue
         query_ids = sorted(common)
-        scored = [(selection.mean_score(g, seed, fold, query_ids), g) for g in offered]
-        best = max(score for score, _ in scored)
-        tied = [g for score, g in scored if best - score <= TIE_TOLERANCE]
+        scores = {g: selection.mean_score(g, seed, fold, query_ids) for g in offered}
+        best = max(scores.values())
+        tied = [g for g, score in scores.items() if best - score <= TIE_TOLERANCE]
         chosen = min(tied, key=lambda g: cost_rank(modes[g], weights[g], labels[g]))
-        score, n = dict((g, sc) for sc, g in scored)[chosen], len(query_ids)
         choices.append({"seed": int(seed), "fold": int(fold), "group_hash": chosen,
                         "config_label": labels[chosen], "mode": modes[chosen],
-                        "selection_score": score, "selection_queries": n})
+                        "selection_score": scores[chosen], "selection_queries": len(query_ids)})
         mine = held[held["group_hash"].astype(str) == chosen]
         cells.append(mine[["seed", "query_id", "fold", "ndcg_at_10"]].assign(group_hash=chosen))
     cell_frame = (pd.concat(cells, ignore_index=True) if cells else
@@ -229,17 +228,20 @@ def summarise_nested(result: NestedSelection, test: pd.DataFrame,
     return out
 
 
+# what the choice reads of a candidate: its identity, its label, and what ranks it in a tie
+_CANDIDATE_COLUMNS = ["group_hash", "mode", "config_label", "index_weight"]
+
+
 def candidate_configurations(runs: pd.DataFrame, student: str | None = None) -> pd.DataFrame:
     """The configurations a study chooses among: every configuration whose queries the study's
     student encodes (default: the student of most runs), so that the choice never buys quality
     with a costlier query encoder; the frozen student itself is one."""
     if runs.empty:
-        return pd.DataFrame(columns=["group_hash", "mode", "config_label", "index_weight"])
+        return pd.DataFrame(columns=_CANDIDATE_COLUMNS)
     if student is None and runs["student"].notna().any():
         student = runs["student"].mode().iloc[0]
     pool = runs if student is None else runs[runs["student"] == student]
-    columns = ["group_hash", "mode", "config_label", "index_weight"]
-    return pool.drop_duplicates("group_hash").reindex(columns=columns)
+    return pool.drop_duplicates("group_hash").reindex(columns=_CANDIDATE_COLUMNS)
 
 
 def frozen_student_group(runs: pd.DataFrame, student: str | None = None) -> str | None:
