@@ -132,10 +132,6 @@ def _intro(table: pd.DataFrame, comps: pd.DataFrame, alpha: float) -> list[str]:
     return lines
 
 
-def _sd(x: Any) -> str:
-    return _num(x) if isinstance(x, int | float) and math.isfinite(x) else "n/a"
-
-
 def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
     lines: list[str] = []
     extra = [c for c in ("dataset", "student") if table[c].nunique(dropna=True) > 1]
@@ -154,7 +150,7 @@ def _comparison_rows(table: pd.DataFrame, pct: str) -> list[str]:
             f"{_signed(r['diff_vs_frozen'])} [{_signed(r['diff_ci_low'])}, "
             f"{_signed(r['diff_ci_high'])}]",
             *(["—"] * 5 if is_ref else [_p(r["p_ttest"]), _p(r["p_permutation"]),
-                                        _p(r["p_wilcoxon"]), _sd(r["seed_sd"]),
+                                        _p(r["p_wilcoxon"]), _num(r["seed_sd"]),
                                         _p(r["p_holm"])]),
             "—" if is_ref else _num(r["mde_80"]), _num(r["ratio_to_frozen"], 3),
             "this is the reference" if is_ref else str(r["reference"]),
@@ -189,7 +185,7 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
                 "test query; an exact tie went to the cheaper configuration (no training before "
                 "training, then the lower teacher share). Each fold's test queries were then "
                 f"scored by its choice. The procedure's pooled {figure}, spread over seeds "
-                f"(sd of the per-seed means) {_sd(answer.get('seed_sd'))}. `{label}` was chosen "
+                f"(sd of the per-seed means) {_num(answer.get('seed_sd'))}. `{label}` was chosen "
                 f"in {agreeing} of {cells} (seed, fold) cells ({answer['distinct_choices']} "
                 "distinct choice(s)).")
     lines += [text, ""]
@@ -200,13 +196,13 @@ def _answer_section(answer: Mapping[str, Any] | None, confidence: float) -> list
                   f"t-test over {answer['n_paired']} queries; paired randomization test "
                   f"{_p_is(answer.get('p_permutation'))}; no multiplicity correction, since no "
                   "test query entered the choice; the difference's sd over seeds "
-                  f"{_sd(answer.get('diff_seed_sd'))})"]
+                  f"{_num(answer.get('diff_seed_sd'))})"]
     for v in answer.get("versus", []):
         lines.append(f"- against `{v['reference']}` ({_num(v['reference_mean'])}): "
                      f"{_signed(v['diff'])} [{_signed(v['diff_ci_low'])}, "
                      f"{_signed(v['diff_ci_high'])}], {_p_is(v['p_ttest'])} (paired t over "
                      f"{v['n_paired']} queries; randomization {_p_is(v.get('p_permutation'))}; "
-                     f"sd over seeds {_sd(v.get('diff_seed_sd'))})")
+                     f"sd over seeds {_num(v.get('diff_seed_sd'))})")
     if "regret" in answer and not answer.get("nothing_to_choose"):
         lines.append(f"- regret: the best configuration on test, `{answer['best_on_test_label']}` "
                      f"({_num(answer['best_on_test'])}), minus the procedure: "
@@ -272,7 +268,7 @@ def _significance_section(comps: pd.DataFrame, alpha: float) -> list[str]:
             direction = "better" if r["diff_vs_frozen"] > 0 else "worse"
             lines.append(f"- `{r['config_label']}` is significantly {direction} than "
                          f"`{r['reference']}`: {_signed(r['diff_vs_frozen'])} "
-                         f"(Holm {_p_is(r['p_holm'])}; sd over seeds {_sd(r['seed_sd'])}).")
+                         f"(Holm {_p_is(r['p_holm'])}; sd over seeds {_num(r['seed_sd'])}).")
         rest = len(comps) - len(sig)
         if rest:
             tail = (f"The other {rest} comparison(s) are not significant; on this collection "
